@@ -1,0 +1,114 @@
+"""Differentiable rollouts: T MPM steps with deformation-gradient controls, optional checkpointing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from physmorph.errors import InputError, SimulationDiverged
+from physmorph.mpm.state import Model, State
+from physmorph.mpm.step import escaped, step
+
+StepFunction = Callable[[State, Model, "torch.Tensor | None", "torch.Tensor | None"], State]
+
+
+@dataclass
+class Trajectory:
+    """A rollout of T steps (index 0 is the initial state).
+
+    positions:             [T+1, N, 3]
+    velocities:            [T+1, N, 3]
+    deformation_gradients: [T+1, N, 3, 3]
+    final:                 the State after the last step
+    """
+
+    positions: torch.Tensor
+    velocities: torch.Tensor
+    deformation_gradients: torch.Tensor
+    final: State
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.positions.shape[0]) - 1
+
+
+def control_steps(num_steps: int, control_stride: int) -> list[int]:
+    """Steps at which a deformation control acts: 0, s, 2s, … < T − 1 (at least step 0)."""
+    return list(range(0, max(num_steps - 1, 1), control_stride))
+
+
+def simulate(
+    initial: State,
+    model: Model,
+    num_steps: int,
+    deformation_controls: torch.Tensor | None = None,
+    control_stride: int = 1,
+    forces: torch.Tensor | None = None,
+    checkpoint_steps: bool = False,
+    step_function: StepFunction = step,
+    check_divergence: bool = True,
+) -> Trajectory:
+    """Roll out `num_steps` steps from `initial`; differentiable by plain autograd.
+
+    deformation_controls: ΔF [K, N, 3, 3], K = len(control_steps(num_steps, control_stride));
+                          control k is added to F at step k · control_stride
+    forces:               per-particle forces [N, 3] (every step) or [num_steps, N, 3]
+    checkpoint_steps:     keep only each step's state for backward and recompute the step's
+                          intermediates, so memory is O(T · state) rather than O(T · step)
+    step_function:        one step (the PyTorch reference `step` or a fused-kernel equivalent)
+    check_divergence:     raise SimulationDiverged when particles become non-finite or leave
+                          the grid (one host sync per rollout)
+    """
+    n = initial.num_particles
+    steps_with_control = control_steps(num_steps, control_stride)
+    if deformation_controls is not None and tuple(deformation_controls.shape) != (len(steps_with_control), n, 3, 3):
+        raise InputError(
+            f"deformation_controls has shape {tuple(deformation_controls.shape)}; expected "
+            f"({len(steps_with_control)}, {n}, 3, 3) for {num_steps} steps with control_stride "
+            f"{control_stride} (control steps {steps_with_control})"
+        )
+    if forces is not None and forces.shape not in ((n, 3), (num_steps, n, 3)):
+        raise InputError(f"forces has shape {tuple(forces.shape)}; expected ({n}, 3) or ({num_steps}, {n}, 3)")
+    control_at = {t: k for k, t in enumerate(steps_with_control)}
+
+    def advance(state_tensors: tuple[torch.Tensor, ...], control: torch.Tensor | None, force: torch.Tensor | None):
+        result = step_function(State(*state_tensors), model, control, force)
+        return result.positions, result.velocities, result.deformation_gradients, result.affine_velocities
+
+    state = (initial.positions, initial.velocities, initial.deformation_gradients, initial.affine_velocities)
+    positions, velocities, gradients, bad_counts = [state[0]], [state[1]], [state[2]], []
+    for t in range(num_steps):
+        control = None
+        if deformation_controls is not None and t in control_at:
+            control = deformation_controls[control_at[t]]
+        force = None if forces is None else (forces if forces.dim() == 2 else forces[t])
+        if checkpoint_steps and torch.is_grad_enabled():
+            state = checkpoint(
+                lambda x, v, F, C, dF, f: advance((x, v, F, C), dF, f),
+                *state, control, force, use_reentrant=False,
+            )
+        else:
+            state = advance(state, control, force)
+        positions.append(state[0])
+        velocities.append(state[1])
+        gradients.append(state[2])
+        if check_divergence:
+            with torch.no_grad():
+                bad = escaped(state[0], model.grid, model.kernel) | ~torch.isfinite(state[2]).all(dim=(-1, -2))
+                bad_counts.append(bad.sum())
+    if check_divergence and bad_counts:
+        _raise_if_diverged(torch.stack(bad_counts).tolist(), n)
+    return Trajectory(torch.stack(positions), torch.stack(velocities), torch.stack(gradients), State(*state))
+
+
+def _raise_if_diverged(bad_counts: list[int], num_particles: int) -> None:
+    for t, count in enumerate(bad_counts):
+        if count:
+            raise SimulationDiverged(
+                f"simulation diverged at step {t + 1}: {count} of {num_particles} particles became "
+                "non-finite or left the grid; reduce dt, raise drag, lower the stiffness (lam/mu, E) "
+                "or the control magnitudes, or enlarge the grid"
+            )
