@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -13,6 +15,25 @@ from physmorph.mpm.state import Model, State
 from physmorph.mpm.step import escaped, step
 
 StepFunction = Callable[[State, Model, "torch.Tensor | None", "torch.Tensor | None"], State]
+Backend = Literal["auto", "torch", "triton"]
+
+
+def select_step(backend: Backend, device: torch.device) -> StepFunction:
+    """The step implementation for `backend`: 'torch' is the reference, 'triton' the fused GPU
+    kernels (CUDA only), 'auto' the fused kernels on CUDA when Triton is importable."""
+    if backend == "torch":
+        return step
+    fused_available = device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    if backend == "triton" and not fused_available:
+        raise InputError(
+            f"backend 'triton' needs CUDA tensors and the triton package (tensors are on {device}); "
+            "use backend 'torch' or 'auto'"
+        )
+    if not fused_available or importlib.util.find_spec("physmorph.mpm.fused") is None:
+        return step
+    from physmorph.mpm.fused import fused_step
+
+    return fused_step
 
 
 @dataclass
@@ -48,7 +69,7 @@ def simulate(
     control_stride: int = 1,
     forces: torch.Tensor | None = None,
     checkpoint_steps: bool = False,
-    step_function: StepFunction = step,
+    backend: Backend = "auto",
     check_divergence: bool = True,
 ) -> Trajectory:
     """Roll out `num_steps` steps from `initial`; differentiable by plain autograd.
@@ -58,11 +79,12 @@ def simulate(
     forces:               per-particle forces [N, 3] (every step) or [num_steps, N, 3]
     checkpoint_steps:     keep only each step's state for backward and recompute the step's
                           intermediates, so memory is O(T · state) rather than O(T · step)
-    step_function:        one step (the PyTorch reference `step` or a fused-kernel equivalent)
+    backend:              'torch' (reference), 'triton' (fused GPU kernels) or 'auto' (see select_step)
     check_divergence:     raise SimulationDiverged when particles become non-finite or leave
                           the grid (one host sync per rollout)
     """
     n = initial.num_particles
+    step_function = select_step(backend, initial.positions.device)
     steps_with_control = control_steps(num_steps, control_stride)
     if deformation_controls is not None and tuple(deformation_controls.shape) != (len(steps_with_control), n, 3, 3):
         raise InputError(
