@@ -50,10 +50,7 @@ class Grid:
         self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """All node positions, [nx*ny*nz, 3], in flat (x-major) order."""
-        axes = [
-            lo + self.dx * torch.arange(n, device=device, dtype=dtype)
-            for lo, n in zip(self.min_corner, self.dims)
-        ]
+        axes = [lo + self.dx * torch.arange(n, device=device, dtype=dtype) for lo, n in zip(self.min_corner, self.dims)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
@@ -123,9 +120,7 @@ def stencil(positions: torch.Tensor, grid: Grid, kernel: Kernel = "cubic") -> St
     i, j, k = torch.meshgrid(ticks, ticks, ticks, indexing="ij")
     i, j, k = i.reshape(-1), j.reshape(-1), k.reshape(-1)
     weight = axis_weight[:, 0, i] * axis_weight[:, 1, j] * axis_weight[:, 2, k]
-    offset = torch.stack(
-        (distance[:, 0, i], distance[:, 1, j], distance[:, 2, k]), dim=-1
-    ) * grid.dx
+    offset = torch.stack((distance[:, 0, i], distance[:, 1, j], distance[:, 2, k]), dim=-1) * grid.dx
     ny, nz = grid.dims[1], grid.dims[2]
     node_index = ((base[:, 0:1] + i) * ny + (base[:, 1:2] + j)) * nz + (base[:, 2:3] + k)
     return Stencil(node_index, weight, offset, outside)

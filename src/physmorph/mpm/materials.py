@@ -68,14 +68,17 @@ class _PolarRotation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, F: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        U, sigma, Vh = torch.linalg.svd(F)
+        # Non-finite rows would stop the SVD; they get NaN rotations so divergence stays visible.
+        finite = torch.isfinite(F).all(dim=-1).all(dim=-1)
+        eye = torch.eye(3, dtype=F.dtype, device=F.device)
+        U, sigma, Vh = torch.linalg.svd(torch.where(finite[..., None, None], F, eye))
         # A reflection in U Vᵀ is moved into the smallest singular value so R is a rotation.
         flip = torch.linalg.det(U) * torch.linalg.det(Vh) < 0
         sign = torch.ones_like(sigma)
         sign[..., 2] = torch.where(flip, -1.0, 1.0).to(sigma.dtype)
         U = U * sign.unsqueeze(-2)
         sigma = sigma * sign
-        R = U @ Vh
+        R = torch.where(finite[..., None, None], U @ Vh, torch.full_like(F, float("nan")))
         ctx.save_for_backward(R, Vh, sigma)
         return R
 

@@ -110,7 +110,10 @@ def simulate(
         if checkpoint_steps and torch.is_grad_enabled():
             state = checkpoint(
                 lambda x, v, F, C, dF, f: advance((x, v, F, C), dF, f),
-                *state, control, force, use_reentrant=False,
+                *state,
+                control,
+                force,
+                use_reentrant=False,
             )
         else:
             state = advance(state, control, force)

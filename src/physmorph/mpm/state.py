@@ -54,9 +54,10 @@ class State:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> State:
         return State(
-            *(t.to(device=device, dtype=dtype) for t in (
-                self.positions, self.velocities, self.deformation_gradients, self.affine_velocities
-            ))
+            *(
+                t.to(device=device, dtype=dtype)
+                for t in (self.positions, self.velocities, self.deformation_gradients, self.affine_velocities)
+            )
         )
 
 

@@ -13,9 +13,7 @@ def _trace(M: torch.Tensor) -> torch.Tensor:
     return M.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
-def splat_mass(
-    positions: torch.Tensor, masses: torch.Tensor, grid: Grid, kernel: Kernel = "cubic"
-) -> torch.Tensor:
+def splat_mass(positions: torch.Tensor, masses: torch.Tensor, grid: Grid, kernel: Kernel = "cubic") -> torch.Tensor:
     """Grid mass field m_i = Σ_p w_ip m_p, [nx·ny·nz] (flat), differentiable in both inputs."""
     st = stencil(positions, grid, kernel)
     contributions = (st.weight * masses.unsqueeze(-1)).reshape(-1)
@@ -59,9 +57,7 @@ def particles_to_grid(
     momentum = masses[:, None] * state.velocities * (1.0 - dt * model.drag)
     if force is not None:
         momentum = momentum + dt * force
-    node_momentum = st.weight.unsqueeze(-1) * (
-        momentum.unsqueeze(1) + torch.einsum("nij,nsj->nsi", affine, st.offset)
-    )
+    node_momentum = st.weight.unsqueeze(-1) * (momentum.unsqueeze(1) + torch.einsum("nij,nsj->nsi", affine, st.offset))
     flat_index = st.node_index.reshape(-1)
     grid_mass = torch.zeros(model.grid.num_nodes, dtype=F_hat.dtype, device=F_hat.device)
     grid_mass = grid_mass.index_add(0, flat_index, (st.weight * masses.unsqueeze(-1)).reshape(-1))
