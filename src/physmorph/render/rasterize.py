@@ -1,0 +1,311 @@
+"""Pure-PyTorch Gaussian splatting: EWA projection and tiled, depth-sorted alpha compositing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+LOW_PASS = 0.3  # px², added to the projected covariance diagonal (3DGS / gsplat low-pass filter)
+MAX_ALPHA = 0.99  # per-Gaussian alpha clamp (3DGS)
+MIN_ALPHA = 1.0 / 255.0  # alphas below this are skipped (3DGS)
+MIN_TRANSMITTANCE = 1e-4  # a pixel stops at the Gaussian that would take T to or below this
+MAX_EXTENT = 3.33  # bounding box half-width in standard deviations (gsplat)
+_LOG_MIN_TRANSMITTANCE = math.log(MIN_TRANSMITTANCE)
+
+
+@dataclass
+class Projection:
+    """The V Gaussians one camera sees, projected to its image.
+
+    ids:       [V] indices into the input Gaussians
+    means2d:   [V, 2] pixel coordinates of the projected centres
+    conics:    [V, 3] (a, b, c) of the inverse 2D covariance [[a, b], [b, c]], 1/px²
+    depths:    [V] camera z of the centres, world units
+    radii:     [V, 2] bounding-box half-sizes in pixels (not differentiable)
+    """
+
+    ids: torch.Tensor
+    means2d: torch.Tensor
+    conics: torch.Tensor
+    depths: torch.Tensor
+    radii: torch.Tensor
+
+
+def project_gaussians(
+    means: torch.Tensor,
+    covariances: torch.Tensor,
+    opacities: torch.Tensor,
+    viewmat: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+    znear: float,
+    zfar: float,
+) -> Projection:
+    """EWA-project Gaussians (means [M, 3], covariances [M, 3, 3], opacities [M]) into one
+    camera (viewmat [4, 4] world-to-camera, K [3, 3]).
+
+    The 2D covariance is J W Σ Wᵀ Jᵀ + 0.3·I with J the Jacobian of the perspective projection
+    at the centre (its x/z, y/z clamped to 1.3× the field of view, as gsplat does). Culled:
+    centres outside [znear, zfar] in camera z, opacity below 1/255, footprints off the image.
+    """
+    rotation = viewmat[:3, :3]
+    camera_means = means @ rotation.T + viewmat[:3, 3]
+    depth = camera_means[:, 2].detach()
+    in_range = (depth >= znear) & (depth <= zfar) & (opacities.detach() >= MIN_ALPHA)
+    ids = torch.nonzero(in_range).squeeze(1)
+    camera_means = camera_means[ids]
+    x, y, z = camera_means.unbind(-1)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    margin_x = 0.3 * 0.5 * width / fx
+    margin_y = 0.3 * 0.5 * height / fy
+    tx = z * torch.clamp(x / z, -(cx / fx + margin_x), (width - cx) / fx + margin_x)
+    ty = z * torch.clamp(y / z, -(cy / fy + margin_y), (height - cy) / fy + margin_y)
+    zero = torch.zeros_like(z)
+    jacobian = torch.stack(
+        [
+            torch.stack([fx / z, zero, -fx * tx / z**2], -1),
+            torch.stack([zero, fy / z, -fy * ty / z**2], -1),
+        ],
+        -2,
+    )
+    camera_cov = rotation @ covariances[ids] @ rotation.T
+    cov2d = jacobian @ camera_cov @ jacobian.transpose(-1, -2)
+    a = cov2d[:, 0, 0] + LOW_PASS
+    b = 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0])
+    c = cov2d[:, 1, 1] + LOW_PASS
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
+    determinant = a * c - b * b
+    extent = torch.sqrt(2.0 * torch.log(opacities[ids].detach() / MIN_ALPHA)).clamp(max=MAX_EXTENT)
+    radii = torch.ceil(extent[:, None] * torch.sqrt(torch.stack([a, c], -1).detach().clamp_min(0)))
+    centre = means2d.detach()
+    visible = (
+        (determinant.detach() > 0)
+        & (centre[:, 0] + radii[:, 0] > 0)
+        & (centre[:, 0] - radii[:, 0] < width)
+        & (centre[:, 1] + radii[:, 1] > 0)
+        & (centre[:, 1] - radii[:, 1] < height)
+    )
+    keep = torch.nonzero(visible).squeeze(1)
+    a, b, c, determinant = a[keep], b[keep], c[keep], determinant[keep]
+    conics = torch.stack([c / determinant, -b / determinant, a / determinant], -1)
+    return Projection(ids[keep], means2d[keep], conics, z[keep], radii[keep])
+
+
+@dataclass
+class _TilePlan:
+    """Which sorted intersections each tile composites, grouped into work chunks."""
+
+    tile_size: int
+    tile_count: int
+    offsets: torch.Tensor  # [T] first intersection of each tile
+    counts: torch.Tensor  # [T] intersections per tile
+    chunks: list[tuple[torch.Tensor, int, int]]  # (tile ids, max count, block length)
+    pixel_basis: torch.Tensor  # [P, 6] (1, x, y, x², xy, y²) of tile-local pixel centres
+    intersections: int
+
+
+def _plan_tiles(
+    means2d: torch.Tensor,
+    radii: torch.Tensor,
+    depths: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+    chunk_elements: int,
+) -> tuple[_TilePlan, torch.Tensor, torch.Tensor]:
+    """Tile/Gaussian intersections sorted by tile then depth; returns the plan and, per
+    intersection, the Gaussian index [I] and the tile index [I]."""
+    device = means2d.device
+    tiles_x = -(-width // tile_size)
+    tiles_y = -(-height // tile_size)
+    lower = torch.floor((means2d - radii) / tile_size).long()
+    upper = torch.floor((means2d + radii) / tile_size).long() + 1
+    x0, y0 = lower[:, 0].clamp(0, tiles_x), lower[:, 1].clamp(0, tiles_y)
+    x1, y1 = upper[:, 0].clamp(0, tiles_x), upper[:, 1].clamp(0, tiles_y)
+    span_x = (x1 - x0).clamp_min(0)
+    per_gaussian = span_x * (y1 - y0).clamp_min(0)
+    count = means2d.shape[0]
+    gaussian = torch.repeat_interleave(torch.arange(count, device=device), per_gaussian)
+    first = torch.cumsum(per_gaussian, 0) - per_gaussian
+    local = torch.arange(gaussian.shape[0], device=device) - first[gaussian]
+    tile = (y0[gaussian] + local // span_x[gaussian]) * tiles_x + x0[gaussian] + local % span_x[gaussian]
+    depth_rank = torch.empty(count, dtype=torch.long, device=device)
+    depth_rank[torch.argsort(depths)] = torch.arange(count, device=device)
+    order = torch.argsort(tile * count + depth_rank[gaussian])
+    gaussian, tile = gaussian[order], tile[order]
+    tile_count = tiles_x * tiles_y
+    counts = torch.bincount(tile, minlength=tile_count)
+    offsets = torch.cumsum(counts, 0) - counts
+
+    pixels = tile_size * tile_size
+    active = torch.nonzero(counts).squeeze(1)
+    active = active[torch.argsort(counts[active], descending=True)]
+    active_counts = counts[active].tolist()
+    chunks = []
+    start = 0
+    while start < len(active_counts):
+        longest = active_counts[start]
+        block = max(1, min(longest, chunk_elements // pixels))
+        chunk_tiles = max(1, chunk_elements // (pixels * block))
+        chunks.append((active[start : start + chunk_tiles], longest, block))
+        start += chunk_tiles
+
+    centre = (torch.arange(tile_size, device=device, dtype=means2d.dtype) + 0.5) - tile_size / 2
+    py, px = torch.meshgrid(centre, centre, indexing="ij")
+    px, py = px.reshape(-1), py.reshape(-1)
+    basis = torch.stack([torch.ones_like(px), px, py, px * px, px * py, py * py], -1)
+    plan = _TilePlan(tile_size, tile_count, offsets, counts, chunks, basis, int(gaussian.shape[0]))
+    return plan, gaussian, tile
+
+
+def _block_indices(plan: _TilePlan, tiles: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """[tc, length] intersection indices of slots start..start+length of `tiles`; empty slots
+    point at the padding row (index I)."""
+    slot = start + torch.arange(length, device=tiles.device)
+    index = plan.offsets[tiles][:, None] + slot
+    return torch.where(slot < plan.counts[tiles][:, None], index, plan.intersections)
+
+
+def _block_alphas(
+    basis: torch.Tensor, coefficients: torch.Tensor, opacities: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Falloff exp(−σ), unclamped alpha o·exp(−σ) and the composited alpha, each [tc, P, kb]."""
+    sigma = torch.matmul(basis, coefficients.transpose(1, 2))
+    falloff = torch.exp(-sigma)
+    raw = opacities[:, None, :] * falloff
+    alpha = torch.where(raw >= MIN_ALPHA, raw.clamp(max=MAX_ALPHA), 0.0)
+    return falloff, raw, alpha
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of sorted intersections per tile, with a hand-written backward
+    that recomputes alphas block by block so memory stays bounded by the chunk size."""
+
+    @staticmethod
+    def forward(ctx, coefficients, opacities, features, plan):  # type: ignore[override]
+        pad = lambda t: torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # noqa: E731
+        coefficients, opacities, features = pad(coefficients), pad(opacities), pad(features)
+        pixels = plan.pixel_basis.shape[0]
+        image = features.new_zeros(plan.tile_count, pixels, features.shape[1])
+        log_transmittance = features.new_zeros(plan.tile_count, pixels)
+        for tiles, longest, block in plan.chunks:
+            log_all = features.new_zeros(tiles.shape[0], pixels)
+            log_kept = torch.zeros_like(log_all)
+            accumulated = features.new_zeros(tiles.shape[0], pixels, features.shape[1])
+            for start in range(0, longest, block):
+                index = _block_indices(plan, tiles, start, block)
+                _, _, alpha = _block_alphas(plan.pixel_basis, coefficients[index], opacities[index])
+                log_step = torch.log1p(-alpha)
+                inclusive = log_all[:, :, None] + torch.cumsum(log_step, -1)
+                kept = inclusive > _LOG_MIN_TRANSMITTANCE
+                weight = torch.where(kept, alpha * torch.exp(inclusive - log_step), 0.0)
+                accumulated += torch.bmm(weight, features[index])
+                log_kept += torch.where(kept, log_step, 0.0).sum(-1)
+                log_all = inclusive[:, :, -1]
+                if not bool((log_all > _LOG_MIN_TRANSMITTANCE).any()):
+                    break
+            image[tiles] = accumulated
+            log_transmittance[tiles] = log_kept
+        alpha_image = 1.0 - torch.exp(log_transmittance)
+        ctx.plan = plan
+        ctx.save_for_backward(coefficients, opacities, features, image, alpha_image)
+        return image, alpha_image
+
+    @staticmethod
+    def backward(ctx, grad_image, grad_alpha):  # type: ignore[override]
+        plan = ctx.plan
+        coefficients, opacities, features, image, alpha_image = ctx.saved_tensors
+        grad_coefficients = torch.zeros_like(coefficients)
+        grad_opacities = torch.zeros_like(opacities)
+        grad_features = torch.zeros_like(features)
+        basis = plan.pixel_basis
+        pixels = basis.shape[0]
+        for tiles, longest, block in plan.chunks:
+            grad_color = grad_image[tiles]
+            grad_cover = grad_alpha[tiles]
+            # Σ_j w_j q_j over all of a pixel's Gaussians, from the forward outputs.
+            total = (image[tiles] * grad_color).sum(-1) + alpha_image[tiles] * grad_cover
+            log_all = features.new_zeros(tiles.shape[0], pixels)
+            running = torch.zeros_like(log_all)
+            for start in range(0, longest, block):
+                index = _block_indices(plan, tiles, start, block)
+                block_features = features[index]
+                falloff, raw, alpha = _block_alphas(basis, coefficients[index], opacities[index])
+                log_step = torch.log1p(-alpha)
+                inclusive = log_all[:, :, None] + torch.cumsum(log_step, -1)
+                kept = inclusive > _LOG_MIN_TRANSMITTANCE
+                transmittance = torch.exp(inclusive - log_step)
+                weight = torch.where(kept, alpha * transmittance, 0.0)
+                # q_k = ∂L/∂(w_k): colour gradient · c_k plus the alpha gradient.
+                q = torch.bmm(grad_color, block_features.transpose(1, 2)) + grad_cover[:, :, None]
+                prefix = running[:, :, None] + torch.cumsum(weight * q, -1)
+                # ∂L/∂α_k = T_k q_k − (Σ_{j>k} w_j q_j) / (1 − α_k)
+                grad_step = transmittance * q - (total[:, :, None] - prefix) / (1.0 - alpha)
+                live = kept & (raw >= MIN_ALPHA) & (raw < MAX_ALPHA)
+                grad_step = torch.where(live, grad_step, 0.0)
+                flat = index.reshape(-1)
+                grad_opacities[flat] = (grad_step * falloff).sum(1).reshape(-1)
+                grad_sigma = -(grad_step * raw)
+                grad_coefficients[flat] = torch.matmul(grad_sigma.transpose(1, 2), basis).reshape(-1, 6)
+                grad_features[flat] = torch.bmm(weight.transpose(1, 2), grad_color).reshape(-1, features.shape[1])
+                running = prefix[:, :, -1]
+                log_all = inclusive[:, :, -1]
+                if not bool((log_all > _LOG_MIN_TRANSMITTANCE).any()):
+                    break
+        return grad_coefficients[:-1], grad_opacities[:-1], grad_features[:-1], None
+
+
+def rasterize(
+    projection: Projection,
+    opacities: torch.Tensor,
+    features: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int = 16,
+    chunk_elements: int = 1 << 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composite projected Gaussians front to back (sorted by centre depth per tile).
+
+    opacities: [V] and features: [V, D] of the projected Gaussians (aligned with projection.ids).
+    Per pixel, α_i = min(0.99, o_i exp(−½ dᵀ Q_i d)) (skipped below 1/255), w_i = α_i Π_{j<i}(1−α_j),
+    stopping before transmittance falls to 1e-4.
+    Returns the premultiplied feature image Σ w_i f_i [H, W, D] and alpha Σ w_i [H, W].
+    chunk_elements bounds the (tiles × pixels × Gaussians) block evaluated at once.
+    """
+    plan, gaussian, tile = _plan_tiles(
+        projection.means2d.detach(),
+        projection.radii,
+        projection.depths.detach(),
+        width,
+        height,
+        tile_size,
+        chunk_elements,
+    )
+    tiles_x = -(-width // tile_size)
+    tile_index = torch.arange(plan.tile_count, device=features.device)
+    tile_centres = torch.stack([(tile_index % tiles_x) * tile_size, (tile_index // tiles_x) * tile_size], -1).to(
+        features.dtype
+    ) + (tile_size / 2)
+    mx, my = (projection.means2d[gaussian] - tile_centres[tile]).unbind(-1)
+    a, b, c = projection.conics[gaussian].unbind(-1)
+    ax, bx, by, cy = a * mx, b * mx, b * my, c * my
+    coefficients = torch.stack(
+        [0.5 * ax * mx + bx * my + 0.5 * cy * my, -(ax + by), -(bx + cy), 0.5 * a, b, 0.5 * c], -1
+    )
+    tile_image, tile_alpha = _Composite.apply(coefficients, opacities[gaussian], features[gaussian], plan)
+    tiles_y = plan.tile_count // tiles_x
+    depth = features.shape[1]
+    image = (
+        tile_image.reshape(tiles_y, tiles_x, tile_size, tile_size, depth)
+        .permute(0, 2, 1, 3, 4)
+        .reshape(tiles_y * tile_size, tiles_x * tile_size, depth)[:height, :width]
+    )
+    alpha = (
+        tile_alpha.reshape(tiles_y, tiles_x, tile_size, tile_size)
+        .permute(0, 2, 1, 3)
+        .reshape(tiles_y * tile_size, tiles_x * tile_size)[:height, :width]
+    )
+    return image, alpha

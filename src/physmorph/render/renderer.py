@@ -1,0 +1,244 @@
+"""The `render` entry point: shade Gaussians, splat them per camera (PyTorch or gsplat), composite."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from physmorph.errors import InputError
+from physmorph.render.cameras import Cameras
+from physmorph.render.config import LightingConfig
+from physmorph.render.rasterize import MAX_ALPHA, project_gaussians, rasterize
+from physmorph.render.shading import composite_background, shade
+from physmorph.surface.gaussians import Gaussians
+
+Backend = Literal["auto", "torch", "gsplat"]
+DEFAULT_COLOR = (0.27, 0.51, 0.71)  # reference `render.particle_color`
+_COVERED = 0.5 / 255.0  # any contributing Gaussian adds at least 1/255 alpha
+
+
+@dataclass
+class Images:
+    """Rendered images of C cameras.
+
+    rgb:    [C, H, W, 3] colour composited over the background
+    alpha:  [C, H, W] accumulated opacity Σ w_i in [0, 1]
+    depth:  [C, H, W] expected camera z of the surface, Σ w_i z_i / alpha (normalised, world
+            units); 0 where alpha is 0 (no Gaussian contributes)
+    normal: [C, H, W, 3] world-space normal Σ w_i n_i normalised to unit length where alpha > 0,
+            zero elsewhere; None when the Gaussians have no normals
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    depth: torch.Tensor
+    normal: torch.Tensor | None
+
+
+def gsplat_available() -> bool:
+    """Whether the optional gsplat package can be imported."""
+    return importlib.util.find_spec("gsplat") is not None
+
+
+def _choose_backend(backend: str, means: torch.Tensor) -> str:
+    if backend not in ("auto", "torch", "gsplat"):
+        raise InputError(f"render backend {backend!r} is not one of 'auto', 'torch', 'gsplat'")
+    usable = gsplat_available() and means.is_cuda and means.dtype == torch.float32
+    if backend == "auto":
+        return "gsplat" if usable else "torch"
+    if backend == "gsplat" and not usable:
+        raise InputError(
+            "render backend 'gsplat' needs the gsplat package and float32 tensors on a CUDA "
+            f"device (got {means.dtype} on {means.device}); install gsplat or use backend 'torch'"
+        )
+    return backend
+
+
+def _check(gaussians: Gaussians) -> int:
+    means = gaussians.means
+    if means.ndim != 2 or means.shape[-1] != 3:
+        raise InputError(
+            f"Gaussian means have shape {tuple(means.shape)}; render expects [M, 3] "
+            "(render batched Gaussians one set at a time)"
+        )
+    count = means.shape[0]
+    expected = {
+        "covariances": (count, 3, 3),
+        "normals": (count, 3),
+        "colors": (count, 3),
+        "opacities": (count,),
+    }
+    for name, shape in expected.items():
+        value = getattr(gaussians, name)
+        if value is not None and tuple(value.shape) != shape:
+            raise InputError(f"Gaussian {name} have shape {tuple(value.shape)}; expected {list(shape)}")
+    return count
+
+
+def _render_torch(
+    means: torch.Tensor,
+    covariances: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    normals: torch.Tensor | None,
+    cameras: Cameras,
+    width: int,
+    height: int,
+    tile_size: int,
+    chunk_elements: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Premultiplied features [C, H, W, D] (rgb, depth, normals) and alpha [C, H, W]."""
+    images, alphas = [], []
+    for index in range(len(cameras)):
+        projection = project_gaussians(
+            means,
+            covariances,
+            opacities,
+            cameras.viewmats[index],
+            cameras.Ks[index],
+            width,
+            height,
+            cameras.znear,
+            cameras.zfar,
+        )
+        ids = projection.ids
+        channels = [colors[index, ids], projection.depths[:, None]]
+        if normals is not None:
+            channels.append(normals[ids])
+        image, alpha = rasterize(
+            projection,
+            opacities[ids],
+            torch.cat(channels, -1),
+            width,
+            height,
+            tile_size,
+            chunk_elements,
+        )
+        images.append(image)
+        alphas.append(alpha)
+    return torch.stack(images), torch.stack(alphas)
+
+
+def _render_gsplat(
+    means: torch.Tensor,
+    covariances: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    normals: torch.Tensor | None,
+    cameras: Cameras,
+    width: int,
+    height: int,
+    tile_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same outputs as _render_torch through gsplat's CUDA rasteriser."""
+    import gsplat
+
+    features = colors
+    if normals is not None:
+        features = torch.cat([colors, normals.expand(colors.shape[0], *normals.shape)], -1)
+    # gsplat clamps alpha at 0.999; clamping the opacity keeps alpha <= 0.99 as in 3DGS.
+    rendered, alpha, _ = gsplat.rasterization(
+        means,
+        None,
+        None,
+        opacities.clamp(max=MAX_ALPHA),
+        features,
+        cameras.viewmats,
+        cameras.Ks,
+        width,
+        height,
+        near_plane=cameras.znear,
+        far_plane=cameras.zfar,
+        eps2d=0.3,
+        packed=False,
+        tile_size=tile_size,
+        render_mode="RGB+D",
+        covars=covariances,
+    )
+    image = torch.cat([rendered[..., :3], rendered[..., -1:], rendered[..., 3:-1]], -1)
+    return image, alpha[..., 0]
+
+
+def render(
+    gaussians: Gaussians,
+    cameras: Cameras,
+    width: int | None = None,
+    height: int | None = None,
+    *,
+    background: torch.Tensor | Sequence[float] = (1.0, 1.0, 1.0),
+    shading: LightingConfig | None = None,
+    default_color: Sequence[float] = DEFAULT_COLOR,
+    default_opacity: float = 1.0,
+    backend: Backend = "auto",
+    tile_size: int = 16,
+    chunk_elements: int = 1 << 20,
+) -> Images:
+    """Render M Gaussians into C cameras; differentiable w.r.t. means, covariances, colours,
+    opacities and normals.
+
+    gaussians: means [M, 3], covariances [M, 3, 3] (symmetrised here), optional normals [M, 3]
+      (needed for lambert/phong and the normal map), colors [M, 3] (else `default_color`),
+      opacities [M] (else `default_opacity`). Output follows the means' device and dtype.
+    cameras: the batch to render; width/height default to the cameras' size.
+    background: colour [3], image [H, W, 3] or images [C, H, W, 3]; rgb = Σ w_i c_i + (1−α)·bg.
+    shading: lighting applied per Gaussian and camera before splatting (None: flat albedo).
+    backend: "torch" (pure PyTorch, any device and dtype), "gsplat" (CUDA, float32) or "auto"
+      (gsplat when importable and the tensors are float32 on CUDA, else torch).
+    tile_size: pixels per tile side; chunk_elements: work-block size of the torch backend.
+    """
+    count = _check(gaussians)
+    means = gaussians.means
+    dtype, device = means.dtype, means.device
+    width = cameras.width if width is None else int(width)
+    height = cameras.height if height is None else int(height)
+    cameras = cameras.to(device=device, dtype=dtype)
+    covariances = 0.5 * (gaussians.covariances + gaussians.covariances.transpose(-1, -2))
+    albedo = gaussians.colors
+    if albedo is None:
+        albedo = torch.as_tensor(default_color, dtype=dtype, device=device).expand(count, 3)
+    opacities = gaussians.opacities
+    if opacities is None:
+        opacities = torch.full((count,), float(default_opacity), dtype=dtype, device=device)
+    colors = shade(albedo, means, gaussians.normals, cameras.positions, shading)
+    chosen = _choose_backend(backend, means)
+    if chosen == "gsplat":
+        features, alpha = _render_gsplat(
+            means,
+            covariances,
+            opacities,
+            colors,
+            gaussians.normals,
+            cameras,
+            width,
+            height,
+            tile_size,
+        )
+    else:
+        features, alpha = _render_torch(
+            means,
+            covariances,
+            opacities,
+            colors,
+            gaussians.normals,
+            cameras,
+            width,
+            height,
+            tile_size,
+            chunk_elements,
+        )
+    background = torch.as_tensor(background, dtype=dtype, device=device)
+    rgb = composite_background(features[..., :3], alpha, background)
+    covered = alpha > _COVERED
+    safe_alpha = torch.where(covered, alpha, 1.0)
+    depth = torch.where(covered, features[..., 3] / safe_alpha, 0.0)
+    normal = None
+    if gaussians.normals is not None:
+        summed = features[..., 4:7]
+        length = torch.linalg.vector_norm(summed, dim=-1, keepdim=True)
+        safe_length = torch.where(covered[..., None], length, 1.0).clamp_min(1e-12)
+        normal = torch.where(covered[..., None], summed / safe_length, 0.0)
+    return Images(rgb, alpha, depth, normal)

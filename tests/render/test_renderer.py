@@ -1,0 +1,206 @@
+"""Tests for `render`: analytic footprint, gradients, occlusion, culling, tiling, outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from physmorph.errors import InputError
+from physmorph.render.cameras import Cameras, intrinsics, orbit_cameras
+from physmorph.render.config import LightingConfig
+from physmorph.render.rasterize import MIN_ALPHA
+from physmorph.render.renderer import gsplat_available, render
+from physmorph.surface.gaussians import Gaussians
+
+F64 = torch.float64
+
+
+def _front_camera(width, height, focal, dtype=F64, znear=0.01):
+    """Camera at the origin looking down +z (identity world-to-camera)."""
+    K = intrinsics(focal, focal, width / 2, height / 2, dtype)
+    return Cameras(torch.eye(4, dtype=dtype)[None], K[None], width, height, znear, 100.0)
+
+
+def _gaussian(mean, sigma, color=(1.0, 1.0, 1.0), opacity=0.5, dtype=F64):
+    return Gaussians(
+        torch.tensor([mean], dtype=dtype),
+        torch.eye(3, dtype=dtype)[None] * sigma**2,
+        colors=torch.tensor([color], dtype=dtype),
+        opacities=torch.tensor([opacity], dtype=dtype),
+    )
+
+
+def test_single_gaussian_matches_the_analytic_footprint():
+    # At the optical axis the projected covariance is (f σ / z)² I + 0.3 I, in pixels².
+    focal, z, sigma, opacity = 40.0, 4.0, 0.5, 0.5
+    cameras = _front_camera(64, 64, focal)
+    images = render(_gaussian([0.0, 0.0, z], sigma, opacity=opacity), cameras, background=(0, 0, 0))
+    alpha = images.alpha[0]
+    variance = (focal * sigma / z) ** 2 + 0.3
+    # The centre sits on the corner of four pixels, each half a pixel away in x and y.
+    centre = opacity * math.exp(-0.5 * 0.5 / variance)
+    assert alpha[31, 31].item() == pytest.approx(centre, rel=1e-3)
+    assert alpha[32, 32].item() == pytest.approx(centre, rel=1e-3)
+    # Inside the 1/255 cut-off radius R, the Gaussian integrates to 2π var (o − 1/255).
+    integral = 2 * math.pi * variance * (opacity - MIN_ALPHA)
+    assert alpha.sum().item() == pytest.approx(integral, rel=1e-3)
+    assert torch.allclose(images.rgb[0, ..., 0], alpha)  # white over black
+    covered = alpha > 0
+    assert torch.allclose(images.depth[0][covered], torch.full_like(alpha[covered], z))
+    assert torch.all(images.depth[0][~covered] == 0)
+
+
+def _tiny_scene(dtype=F64):
+    torch.manual_seed(1)
+    means = torch.tensor([[0.1, 0.05, 3.0], [-0.2, 0.1, 3.5], [0.15, -0.1, 4.0]], dtype=dtype)
+    factor = torch.randn(3, 3, 3, dtype=dtype) * 0.1
+    covariances = factor @ factor.transpose(-1, -2) + 0.02 * torch.eye(3, dtype=dtype)
+    colors = torch.rand(3, 3, dtype=dtype)
+    opacities = torch.tensor([0.7, 0.5, 0.8], dtype=dtype)
+    normals = torch.randn(3, 3, dtype=dtype)
+    return means, covariances, colors, opacities, normals
+
+
+@pytest.mark.parametrize("tile_size", [4, 16])
+def test_gradcheck_tiny_image(tile_size):
+    inputs = [t.requires_grad_(True) for t in _tiny_scene()]
+    cameras = _front_camera(8, 6, 8.0)
+    weights = [torch.randn(shape, dtype=F64) for shape in [(6, 8, 3), (6, 8), (6, 8), (6, 8, 3)]]
+
+    def loss(means, covariances, colors, opacities, normals):
+        images = render(
+            Gaussians(means, covariances, normals, colors, opacities),
+            cameras,
+            background=(0.2, 0.3, 0.4),
+            tile_size=tile_size,
+            chunk_elements=64,  # several blocks per tile: exercises the blocked backward
+        )
+        outputs = [images.rgb[0], images.alpha[0], images.depth[0], images.normal[0]]
+        return sum((o * w).sum() for o, w in zip(outputs, weights))
+
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("near_first", [True, False])
+def test_near_gaussian_occludes_far_one_whatever_the_input_order(near_first):
+    red = ([0.0, 0.0, 3.0], (1.0, 0.0, 0.0))
+    blue = ([0.0, 0.0, 6.0], (0.0, 0.0, 1.0))
+    order = [red, blue] if near_first else [blue, red]
+    gaussians = Gaussians(
+        torch.tensor([m for m, _ in order], dtype=F64),
+        torch.eye(3, dtype=F64).expand(2, 3, 3) * 0.3**2,
+        colors=torch.tensor([c for _, c in order], dtype=F64),
+        opacities=torch.full((2,), 0.95, dtype=F64),
+    )
+    images = render(gaussians, _front_camera(32, 32, 30.0), background=(0, 0, 0))
+    centre = images.rgb[0, 16, 16]
+    # Red in front: red gets 0.95·(peak falloff), blue only what red lets through.
+    assert centre[0] > 0.85 and centre[2] < 0.1 * centre[0]
+    assert images.depth[0, 16, 16] < 3.5
+
+
+def test_gaussians_in_front_of_the_near_plane_are_culled():
+    cameras = _front_camera(16, 16, 16.0, znear=1.0)
+    behind = render(_gaussian([0.0, 0.0, 0.9], 0.2), cameras)
+    assert torch.all(behind.alpha == 0) and torch.all(behind.rgb == 1)
+    assert torch.all(render(_gaussian([0.0, 0.0, -3.0], 0.2), cameras).alpha == 0)
+    assert render(_gaussian([0.0, 0.0, 1.1], 0.2), cameras).alpha.max() > 0.4
+
+
+def test_tiles_and_blocks_give_the_same_image_as_one_chunk():
+    torch.manual_seed(3)
+    count = 300
+    means = torch.randn(count, 3) * torch.tensor([1.5, 1.0, 0.5]) + torch.tensor([0.0, 0.0, 6.0])
+    factor = torch.randn(count, 3, 3) * 0.08
+    gaussians = Gaussians(
+        means,
+        factor @ factor.transpose(-1, -2) + 0.003 * torch.eye(3),
+        normals=torch.randn(count, 3),
+        colors=torch.rand(count, 3),
+        opacities=torch.rand(count) * 0.9 + 0.05,
+    )
+    cameras = _front_camera(40, 30, 25.0, torch.float32)
+    whole = render(gaussians, cameras, tile_size=64, chunk_elements=1 << 24)
+    assert whole.alpha.max() > 0.9 and (whole.alpha > 0.1).float().mean() > 0.3
+    # float32: the Gaussian exponent is evaluated in tile-local coordinates, so tile sizes
+    # differ by rounding only (about 1e-4 at most for a 64-pixel tile).
+    for tile_size, chunk in [(8, 1 << 20), (4, 100), (16, 3000), (64, 1000)]:
+        tiled = render(gaussians, cameras, tile_size=tile_size, chunk_elements=chunk)
+        for name in ("rgb", "alpha", "depth"):
+            assert torch.allclose(getattr(tiled, name), getattr(whole, name), atol=2e-4), name
+        # Unit normals are ill-conditioned where alpha is small: compare them weighted.
+        weighted = tiled.normal * tiled.alpha[..., None]
+        assert torch.allclose(weighted, whole.normal * whole.alpha[..., None], atol=2e-4)
+
+
+def test_several_cameras_background_image_and_normals():
+    K = intrinsics(30.0, 30.0, 12.0, 10.0)
+    cameras = orbit_cameras(K, 24, 20, radius=6.0, elevation=10.0, count=3)
+    torch.manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(400, 3), dim=-1)
+    gaussians = Gaussians(
+        directions * 1.5,
+        torch.eye(3).expand(400, 3, 3) * 0.15**2,
+        normals=directions * 3.0,  # unnormalised on purpose
+        opacities=torch.full((400,), 0.9),
+    )
+    background = torch.rand(20, 24, 3)
+    images = render(gaussians, cameras, background=background, shading=LightingConfig())
+    assert images.rgb.shape == (3, 20, 24, 3) and images.normal.shape == (3, 20, 24, 3)
+    empty = images.alpha < 1e-6
+    assert empty.any() and torch.allclose(images.rgb[empty], background.expand(3, 20, 24, 3)[empty])
+    covered = images.alpha > 0.5
+    lengths = images.normal[covered].norm(dim=-1)
+    assert torch.allclose(lengths, torch.ones_like(lengths), atol=1e-5)
+    # The sphere's visible normals point back toward each camera.
+    toward = cameras.positions[:, None, None, :] - 0.0
+    assert ((images.normal * toward).sum(-1)[covered] > 0).float().mean() > 0.95
+
+
+def test_bad_inputs_raise_input_errors():
+    cameras = _front_camera(8, 8, 8.0)
+    with pytest.raises(InputError, match=r"\[M, 3\]"):
+        render(Gaussians(torch.zeros(2, 5, 3), torch.eye(3).expand(2, 5, 3, 3)), cameras)
+    with pytest.raises(InputError, match="opacities"):
+        render(Gaussians(torch.zeros(5, 3), torch.eye(3).expand(5, 3, 3), opacities=torch.ones(4)), cameras)
+    if not gsplat_available() or not torch.cuda.is_available():
+        with pytest.raises(InputError, match="gsplat"):
+            render(_gaussian([0.0, 0.0, 2.0], 0.1, dtype=torch.float32), cameras, backend="gsplat")
+
+
+@pytest.mark.gpu
+def test_torch_and_gsplat_agree_on_cuda():
+    pytest.importorskip("gsplat")
+    torch.manual_seed(0)
+    count = 10_000
+    device = "cuda"
+    directions = torch.nn.functional.normalize(torch.randn(count, 3, device=device), dim=-1)
+    means = directions * (8.0 + torch.rand(count, 1, device=device))
+    factor = torch.randn(count, 3, 3, device=device) * 0.15
+    covariances = factor @ factor.transpose(-1, -2) + 0.01 * torch.eye(3, device=device)
+    colors = torch.rand(count, 3, device=device)
+    opacities = torch.rand(count, device=device) * 0.85 + 0.05
+    K = intrinsics(190.0, 190.0, 128.0, 96.0, device=device)
+    cameras = orbit_cameras(K, 256, 192, radius=35.0, count=2)
+    weights = [torch.randn(s, device=device) for s in [(2, 192, 256, 3), (2, 192, 256), (2, 192, 256, 3)]]
+    results = {}
+    for backend in ("torch", "gsplat"):
+        inputs = [t.clone().requires_grad_(True) for t in (means, covariances, colors, opacities, directions)]
+        images = render(
+            Gaussians(inputs[0], inputs[1], inputs[4], inputs[2], inputs[3]),
+            cameras,
+            backend=backend,
+            background=(0.0, 0.0, 0.0),
+        )
+        covered = images.alpha > 0.05
+        depth = torch.where(covered, images.depth, 0.0)
+        loss = sum((o * w).sum() for o, w in zip([images.rgb, images.alpha, images.normal], weights))
+        loss = loss + (depth * 0.01).sum()
+        loss.backward()
+        results[backend] = ([images.rgb, images.alpha, depth], [t.grad for t in inputs])
+    for a, b in zip(results["torch"][0], results["gsplat"][0]):
+        assert (a - b).abs().max() <= 1e-3 * b.abs().max()
+    for a, b in zip(results["torch"][1], results["gsplat"][1]):
+        assert (a - b).norm() <= 1e-2 * b.norm()
