@@ -1,0 +1,152 @@
+"""The fused MPM step as a torch.autograd.Function over the Triton kernels (CUDA only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from physmorph.mpm.fused import kernels
+from physmorph.mpm.grid import affine_scale
+from physmorph.mpm.materials import MIN_JACOBIAN
+from physmorph.mpm.state import Model
+
+# Newton iterations of the in-kernel polar decomposition (half of them norm-scaled).
+NEWTON_ITERATIONS = 8
+PARTICLE_BLOCK = 128
+PARTICLE_WARPS = 4
+NODE_BLOCK = 1024
+# The reference's occupied-node threshold and the guard of det F̂ in J F̂⁻ᵀ.
+MASS_THRESHOLD = 1e-12
+TINY_DETERMINANT = 1e-30
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The non-differentiable settings of one fused step.
+
+    dims:      grid nodes per axis (nx, ny, nz)
+    cells:     boundary_cells of the wall condition
+    boundary:  0 none, 1 sticky, 2 slip (kernels.BOUNDARY_CODES)
+    values:    the float settings in kernels.PARAMETERS order
+    """
+
+    dims: tuple[int, int, int]
+    cells: int
+    boundary: int
+    values: tuple[float, ...]
+
+    @staticmethod
+    def of(model: Model) -> StepSettings:
+        grid = model.grid
+        values = {
+            "dt": model.dt,
+            "dx": grid.dx,
+            "min_x": grid.min_corner[0],
+            "min_y": grid.min_corner[1],
+            "min_z": grid.min_corner[2],
+            "affine_scale": affine_scale(model.kernel, grid.dx),
+            "bulk_viscosity": model.bulk_viscosity,
+            "smoothing": model.smoothing,
+            "trust_min_jacobian": model.min_jacobian,
+            "jacobian_floor": MIN_JACOBIAN,
+            "mass_threshold": MASS_THRESHOLD,
+            "tiny_determinant": TINY_DETERMINANT,
+        }
+        return StepSettings(
+            tuple(grid.dims),
+            int(model.boundary_cells),
+            kernels.BOUNDARY_CODES[model.boundary],
+            tuple(float(values[name]) for name in kernels.PARAMETERS),
+        )
+
+
+def _launch_grid(n: int, block: int) -> tuple[int]:
+    return ((n + block - 1) // block,)
+
+
+class FusedStep(torch.autograd.Function):
+    """(x, v, F, C, ΔF, f, λ, μ, m, V, drag, f_ext) → (x', v', F', C') with the hand adjoint.
+
+    x, v, f [N, 3]; F, C, ΔF [N, 3, 3]; λ, μ, m, V [N] (may be expanded scalars, stride 0);
+    drag a 0-d tensor; f_ext [3]. ΔF and f may be None.
+    """
+
+    @staticmethod
+    def forward(ctx, x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, settings):  # type: ignore[override]
+        n = x.shape[0]
+        nx, ny, nz = settings.dims
+        prm = torch.tensor(settings.values, dtype=x.dtype, device=x.device)
+        grid = torch.zeros(nx * ny * nz, 4, dtype=x.dtype, device=x.device)
+        control = dF if dF is not None else F
+        particle_force = force if force is not None else x
+        launch = _launch_grid(n, PARTICLE_BLOCK)
+        kernels.p2g_forward[launch](
+            x, v, F, C, control, particle_force,
+            lam, lam.stride(0), mu, mu.stride(0), masses, masses.stride(0), volumes, volumes.stride(0),
+            drag, prm, grid, n, nx, ny, nz,
+            HAS_CONTROL=dF is not None, HAS_FORCE=force is not None, NEWTON=NEWTON_ITERATIONS,
+            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+        )
+        x_new = torch.empty_like(x)
+        v_new = torch.empty_like(x)
+        F_new = torch.empty_like(F)
+        C_new = torch.empty_like(F)
+        kernels.g2p_forward[launch](
+            x, F, control, grid, external_force, prm, x_new, v_new, F_new, C_new, n, nx, ny, nz,
+            HAS_CONTROL=dF is not None, CELLS=settings.cells, BOUNDARY=settings.boundary,
+            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+        )
+        ctx.save_for_backward(x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm)
+        ctx.settings = settings
+        return x_new, v_new, F_new, C_new
+
+    @staticmethod
+    def backward(ctx, g_x, g_v, g_F, g_C):  # type: ignore[override]
+        x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm = ctx.saved_tensors
+        settings = ctx.settings
+        n = x.shape[0]
+        nx, ny, nz = settings.dims
+        g_x, g_v, g_F, g_C = (g.contiguous() for g in (g_x, g_v, g_F, g_C))
+        control = dF if dF is not None else F
+        particle_force = force if force is not None else x
+        launch = _launch_grid(n, PARTICLE_BLOCK)
+        grad_grid = torch.zeros_like(grid)
+        gx_part = torch.empty_like(x)
+        gFh_part = torch.empty_like(F)
+        kernels.g2p_backward[launch](
+            x, F, control, grid, external_force, prm, g_x, g_v, g_F, g_C,
+            grad_grid, gx_part, gFh_part, n, nx, ny, nz,
+            HAS_CONTROL=dF is not None, CELLS=settings.cells, BOUNDARY=settings.boundary,
+            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+        )
+        grad_external = torch.zeros(3, dtype=x.dtype, device=x.device)
+        kernels.grid_backward[_launch_grid(grid.shape[0], NODE_BLOCK)](
+            grid, grad_grid, external_force, grad_external, prm, grid.shape[0], nx, ny, nz,
+            CELLS=settings.cells, BOUNDARY=settings.boundary, BLOCK=NODE_BLOCK, num_warps=4,
+        )
+        gx = torch.empty_like(x)
+        gv = torch.empty_like(x)
+        gF = torch.empty_like(F)
+        gC = torch.empty_like(F)
+        gdF = torch.empty_like(F) if dF is not None else gF
+        gforce = torch.empty_like(x) if force is not None else gx
+        glam = torch.empty(n, dtype=x.dtype, device=x.device)
+        gmu = torch.empty_like(glam)
+        gmass = torch.empty_like(glam)
+        gvol = torch.empty_like(glam)
+        gdrag = torch.zeros(1, dtype=x.dtype, device=x.device)
+        kernels.p2g_backward[launch](
+            x, v, F, C, control, particle_force,
+            lam, lam.stride(0), mu, mu.stride(0), masses, masses.stride(0), volumes, volumes.stride(0),
+            drag, prm, grad_grid, gx_part, gFh_part, g_F,
+            gx, gv, gF, gC, gdF, gforce, glam, gmu, gmass, gvol, gdrag, n, nx, ny, nz,
+            HAS_CONTROL=dF is not None, HAS_FORCE=force is not None, NEWTON=NEWTON_ITERATIONS,
+            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+        )
+        return (
+            gx, gv, gF, gC,
+            gdF if dF is not None else None,
+            gforce if force is not None else None,
+            glam, gmu, gmass, gvol, gdrag.reshape(()), grad_external, None,
+        )

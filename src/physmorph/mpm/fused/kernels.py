@@ -1,0 +1,813 @@
+"""Triton kernels of the fused MLS-MPM step (cubic B-spline, fixed-corotated) and its adjoint.
+
+Naming inside the kernels: x position, v velocity, F deformation gradient, C affine velocity,
+Fh = F + ΔF (controlled gradient), R its polar rotation, P first Piola stress, tau the Kirchhoff
+stress plus bulk viscosity, A the APIC affine momentum matrix, q the particle momentum, m mass,
+V rest volume, B the unscaled new affine velocity, s the trust-region scale. Matrices are nine
+scalars aRC (row R, column C). The grid is [G, 4] rows (mass, momentum x, y, z); node
+(i, j, k) sits at row (i·ny + j)·nz + k. `prm` holds the float settings in the data's dtype (so
+float64 runs keep full precision): see PARAMETERS.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Order of the float settings in the `prm` tensor passed to every kernel.
+PARAMETERS = (
+    "dt", "dx", "min_x", "min_y", "min_z", "affine_scale", "bulk_viscosity", "smoothing",
+    "trust_min_jacobian", "jacobian_floor", "mass_threshold", "tiny_determinant",
+)
+
+BOUNDARY_CODES = {"none": 0, "sticky": 1, "slip": 2}
+
+
+@triton.jit
+def _bspline(d):
+    """Cubic B-spline N(d) of a distance in cells."""
+    r = tl.abs(d)
+    t = tl.maximum(2.0 - r, 0.0)
+    return tl.where(r < 1.0, (1.5 * r * r * r - 3.0 * r * r + 2.0) / 3.0, t * t * t / 6.0)
+
+
+@triton.jit
+def _bspline_slope(d):
+    """dN/dd of the cubic B-spline (zero at d = 0, like |d|'s subgradient there)."""
+    r = tl.abs(d)
+    sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
+    t = tl.maximum(2.0 - r, 0.0)
+    return tl.where(r < 1.0, 1.5 * r * r - 2.0 * r, -0.5 * t * t) * sign
+
+
+@triton.jit
+def _det(a00, a01, a02, a10, a11, a12, a20, a21, a22):
+    return a00 * (a11 * a22 - a12 * a21) - a01 * (a10 * a22 - a12 * a20) + a02 * (a10 * a21 - a11 * a20)
+
+
+@triton.jit
+def _cofactor(a00, a01, a02, a10, a11, a12, a20, a21, a22):
+    """∂det/∂a, i.e. det(a) a⁻ᵀ."""
+    return (
+        a11 * a22 - a12 * a21, a12 * a20 - a10 * a22, a10 * a21 - a11 * a20,
+        a02 * a21 - a01 * a22, a00 * a22 - a02 * a20, a01 * a20 - a00 * a21,
+        a01 * a12 - a02 * a11, a02 * a10 - a00 * a12, a00 * a11 - a01 * a10,
+    )
+
+
+@triton.jit
+def _cofactor_adjoint(a00, a01, a02, a10, a11, a12, a20, a21, a22,
+                      g00, g01, g02, g10, g11, g12, g20, g21, g22):
+    """The gradient of <g, cofactor(a)> with respect to a (the Hessian of det applied to g)."""
+    return (
+        g11 * a22 + a11 * g22 - g12 * a21 - a12 * g21,
+        g12 * a20 + a12 * g20 - g10 * a22 - a10 * g22,
+        g10 * a21 + a10 * g21 - g11 * a20 - a11 * g20,
+        g02 * a21 + a02 * g21 - g01 * a22 - a01 * g22,
+        g00 * a22 + a00 * g22 - g02 * a20 - a02 * g20,
+        g01 * a20 + a01 * g20 - g00 * a21 - a00 * g21,
+        g01 * a12 + a01 * g12 - g02 * a11 - a02 * g11,
+        g02 * a10 + a02 * g10 - g00 * a12 - a00 * g12,
+        g00 * a11 + a00 * g11 - g01 * a10 - a01 * g10,
+    )
+
+
+@triton.jit
+def _matmul(a00, a01, a02, a10, a11, a12, a20, a21, a22,
+            b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    return (
+        a00 * b00 + a01 * b10 + a02 * b20, a00 * b01 + a01 * b11 + a02 * b21,
+        a00 * b02 + a01 * b12 + a02 * b22,
+        a10 * b00 + a11 * b10 + a12 * b20, a10 * b01 + a11 * b11 + a12 * b21,
+        a10 * b02 + a11 * b12 + a12 * b22,
+        a20 * b00 + a21 * b10 + a22 * b20, a20 * b01 + a21 * b11 + a22 * b21,
+        a20 * b02 + a21 * b12 + a22 * b22,
+    )
+
+
+@triton.jit
+def _polar(f00, f01, f02, f10, f11, f12, f20, f21, f22, ITERATIONS: tl.constexpr):
+    """Rotation R of F = R S by Newton's iteration R ← ½(γR + R⁻ᵀ/γ) started at F.
+
+    γ = (‖R⁻¹‖/‖R‖)^½ (Frobenius) for the first half of the iterations speeds up strongly
+    stretched F; the unscaled tail converges quadratically to full precision.
+    """
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = f00, f01, f02, f10, f11, f12, f20, f21, f22
+    for it in tl.static_range(ITERATIONS):
+        c00, c01, c02, c10, c11, c12, c20, c21, c22 = _cofactor(
+            r00, r01, r02, r10, r11, r12, r20, r21, r22)
+        det = r00 * c00 + r01 * c01 + r02 * c02
+        inv_det = 1.0 / det
+        if it < ITERATIONS // 2:
+            norm = (r00 * r00 + r01 * r01 + r02 * r02 + r10 * r10 + r11 * r11 + r12 * r12
+                    + r20 * r20 + r21 * r21 + r22 * r22)
+            norm_inv = (c00 * c00 + c01 * c01 + c02 * c02 + c10 * c10 + c11 * c11 + c12 * c12
+                        + c20 * c20 + c21 * c21 + c22 * c22) * inv_det * inv_det
+            gamma = tl.sqrt(tl.sqrt(norm_inv / norm))
+            a = 0.5 * gamma
+            b = 0.5 * inv_det / gamma
+        else:
+            a = 0.5 + 0.0 * det
+            b = 0.5 * inv_det
+        r00, r01, r02 = a * r00 + b * c00, a * r01 + b * c01, a * r02 + b * c02
+        r10, r11, r12 = a * r10 + b * c10, a * r11 + b * c11, a * r12 + b * c12
+        r20, r21, r22 = a * r20 + b * c20, a * r21 + b * c21, a * r22 + b * c22
+    return r00, r01, r02, r10, r11, r12, r20, r21, r22
+
+
+@triton.jit
+def _polar_adjoint(r00, r01, r02, r10, r11, r12, r20, r21, r22,
+                   f00, f01, f02, f10, f11, f12, f20, f21, f22,
+                   g00, g01, g02, g10, g11, g12, g20, g21, g22, tiny):
+    """∂<g, R(F)>/∂F = R [y]×, with (tr S·I − S) y = axial(RᵀG − GᵀR), S = RᵀF.
+
+    From dR = RΩ, Ω = [ω]× and ΩS + SΩ = [(tr S·I − S) ω]×; no eigen decomposition needed.
+    """
+    _k00, k01, k02, k10, _k11, k12, k20, k21, _k22 = _matmul(
+        r00, r10, r20, r01, r11, r21, r02, r12, r22, g00, g01, g02, g10, g11, g12, g20, g21, g22)
+    k0 = k21 - k12
+    k1 = k02 - k20
+    k2 = k10 - k01
+    s00, s01, s02, s10, s11, s12, s20, s21, s22 = _matmul(
+        r00, r10, r20, r01, r11, r21, r02, r12, r22, f00, f01, f02, f10, f11, f12, f20, f21, f22)
+    trace = s00 + s11 + s22
+    # symmetric a = tr S·I − S (S symmetrised)
+    a00 = trace - s00
+    a11 = trace - s11
+    a22 = trace - s22
+    a01 = -0.5 * (s01 + s10)
+    a02 = -0.5 * (s02 + s20)
+    a12 = -0.5 * (s12 + s21)
+    c00 = a11 * a22 - a12 * a12
+    c01 = a12 * a02 - a01 * a22
+    c02 = a01 * a12 - a11 * a02
+    c11 = a00 * a22 - a02 * a02
+    c12 = a01 * a02 - a00 * a12
+    c22 = a00 * a11 - a01 * a01
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    det = tl.where(tl.abs(det) < tiny, tl.where(det < 0, -tiny, tiny), det)
+    y0 = (c00 * k0 + c01 * k1 + c02 * k2) / det
+    y1 = (c01 * k0 + c11 * k1 + c12 * k2) / det
+    y2 = (c02 * k0 + c12 * k1 + c22 * k2) / det
+    zero = 0.0 * y0
+    return _matmul(r00, r01, r02, r10, r11, r12, r20, r21, r22,
+                   zero, -y2, y1, y2, zero, -y0, -y1, y0, zero)
+
+
+@triton.jit
+def _node_velocity(gm, gpx, gpy, gpz, ix, iy, iz, nx, ny, nz, dt, f0, f1, f2, mass_threshold,
+                   CELLS: tl.constexpr, BOUNDARY: tl.constexpr):
+    """Grid velocity of a node from its mass and momentum, with the wall condition.
+
+    Returns (vx, vy, vz, keep_x, keep_y, keep_z, safe_mass): keep_* mark components that
+    depend on the node's momentum (occupied and not zeroed by a wall).
+    """
+    m = tl.maximum(gm, 0.0)
+    occupied = m > mass_threshold
+    safe = tl.where(occupied, m, 1.0)
+    vx = tl.where(occupied, gpx / safe + dt * f0, 0.0)
+    vy = tl.where(occupied, gpy / safe + dt * f1, 0.0)
+    vz = tl.where(occupied, gpz / safe + dt * f2, 0.0)
+    kx = occupied
+    ky = occupied
+    kz = occupied
+    if BOUNDARY == 1:
+        near = ((ix < CELLS) | (ix > nx - 1 - CELLS) | (iy < CELLS) | (iy > ny - 1 - CELLS)
+                | (iz < CELLS) | (iz > nz - 1 - CELLS))
+        vx = tl.where(near, 0.0, vx)
+        vy = tl.where(near, 0.0, vy)
+        vz = tl.where(near, 0.0, vz)
+        kx = kx & (~near)
+        ky = ky & (~near)
+        kz = kz & (~near)
+    if BOUNDARY == 2:
+        wall_x = ((ix < CELLS) & (vx < 0)) | ((ix > nx - 1 - CELLS) & (vx > 0))
+        wall_y = ((iy < CELLS) & (vy < 0)) | ((iy > ny - 1 - CELLS) & (vy > 0))
+        wall_z = ((iz < CELLS) & (vz < 0)) | ((iz > nz - 1 - CELLS) & (vz > 0))
+        vx = tl.where(wall_x, 0.0, vx)
+        vy = tl.where(wall_y, 0.0, vy)
+        vz = tl.where(wall_z, 0.0, vz)
+        kx = kx & (~wall_x)
+        ky = ky & (~wall_y)
+        kz = kz & (~wall_z)
+    return vx, vy, vz, kx, ky, kz, safe
+
+
+@triton.jit
+def _load_matrix(ptr, offs, mask):
+    p = ptr + offs * 9
+    return (
+        tl.load(p + 0, mask=mask, other=0.0), tl.load(p + 1, mask=mask, other=0.0),
+        tl.load(p + 2, mask=mask, other=0.0), tl.load(p + 3, mask=mask, other=0.0),
+        tl.load(p + 4, mask=mask, other=0.0), tl.load(p + 5, mask=mask, other=0.0),
+        tl.load(p + 6, mask=mask, other=0.0), tl.load(p + 7, mask=mask, other=0.0),
+        tl.load(p + 8, mask=mask, other=0.0),
+    )
+
+
+@triton.jit
+def _store_matrix(ptr, offs, mask, a00, a01, a02, a10, a11, a12, a20, a21, a22):
+    p = ptr + offs * 9
+    tl.store(p + 0, a00, mask=mask)
+    tl.store(p + 1, a01, mask=mask)
+    tl.store(p + 2, a02, mask=mask)
+    tl.store(p + 3, a10, mask=mask)
+    tl.store(p + 4, a11, mask=mask)
+    tl.store(p + 5, a12, mask=mask)
+    tl.store(p + 6, a20, mask=mask)
+    tl.store(p + 7, a21, mask=mask)
+    tl.store(p + 8, a22, mask=mask)
+
+
+@triton.jit
+def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL: tl.constexpr):
+    """Fh = F + ΔF."""
+    if HAS_CONTROL:
+        d00, d01, d02, d10, d11, d12, d20, d21, d22 = _load_matrix(dF_ptr, offs, mask)
+        return (f00 + d00, f01 + d01, f02 + d02, f10 + d10, f11 + d11, f12 + d12,
+                f20 + d20, f21 + d21, f22 + d22)
+    return f00, f01, f02, f10, f11, f12, f20, f21, f22
+
+
+@triton.jit
+def _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz):
+    """Position x, position in cells relative to the grid minimum, and the clamped base node."""
+    dx = tl.load(prm_ptr + 1)
+    x0 = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    x1 = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    x2 = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    l0 = (x0 - tl.load(prm_ptr + 2)) / dx
+    l1 = (x1 - tl.load(prm_ptr + 3)) / dx
+    l2 = (x2 - tl.load(prm_ptr + 4)) / dx
+    b0 = tl.minimum(tl.maximum(tl.floor(l0).to(tl.int32) - 1, 0), nx - 4)
+    b1 = tl.minimum(tl.maximum(tl.floor(l1).to(tl.int32) - 1, 0), ny - 4)
+    b2 = tl.minimum(tl.maximum(tl.floor(l2).to(tl.int32) - 1, 0), nz - 4)
+    return x0, x1, x2, l0, l1, l2, b0, b1, b2
+
+
+@triton.jit
+def _load_field(ptr, stride, offs, mask):
+    return tl.load(ptr + offs * stride, mask=mask, other=0.0)
+
+
+@triton.jit
+def p2g_forward(
+    x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
+    lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
+    drag_ptr, prm_ptr, grid_ptr, N, nx, ny, nz,
+    HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Stress and P2G: adds each particle's mass and momentum to its 64 nodes (atomics)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    dt = tl.load(prm_ptr + 0)
+    dx = tl.load(prm_ptr + 1)
+    scale = tl.load(prm_ptr + 5)
+    zeta = tl.load(prm_ptr + 6)
+    floor_j = tl.load(prm_ptr + 9)
+    tiny = tl.load(prm_ptr + 11)
+    drag = tl.load(drag_ptr)
+    _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
+    f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
+    h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+    c00, c01, c02, c10, c11, c12, c20, c21, c22 = _load_matrix(C_ptr, offs, mask)
+    lam = _load_field(lam_ptr, lam_stride, offs, mask)
+    mu = _load_field(mu_ptr, mu_stride, offs, mask)
+    m = _load_field(mass_ptr, mass_stride, offs, mask)
+    vol = _load_field(vol_ptr, vol_stride, offs, mask)
+
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _polar(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22, NEWTON)
+    k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22)
+    det = h00 * k00 + h01 * k01 + h02 * k02
+    J = tl.maximum(det, floor_j)
+    safe_det = tl.where(tl.abs(det) < tiny, tiny, det)
+    a = lam * (J - 1.0) * (J / safe_det)
+    two_mu = 2.0 * mu
+    p00, p01, p02 = two_mu * (h00 - r00) + a * k00, two_mu * (h01 - r01) + a * k01, two_mu * (h02 - r02) + a * k02
+    p10, p11, p12 = two_mu * (h10 - r10) + a * k10, two_mu * (h11 - r11) + a * k11, two_mu * (h12 - r12) + a * k12
+    p20, p21, p22 = two_mu * (h20 - r20) + a * k20, two_mu * (h21 - r21) + a * k21, two_mu * (h22 - r22) + a * k22
+    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _matmul(
+        p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h10, h20, h01, h11, h21, h02, h12, h22)
+    visc = zeta * (c00 + c11 + c22)
+    t00 += visc
+    t11 += visc
+    t22 += visc
+    e = -scale * dt * vol
+    a00, a01, a02 = e * t00 + m * c00, e * t01 + m * c01, e * t02 + m * c02
+    a10, a11, a12 = e * t10 + m * c10, e * t11 + m * c11, e * t12 + m * c12
+    a20, a21, a22 = e * t20 + m * c20, e * t21 + m * c21, e * t22 + m * c22
+    damp = m * (1.0 - dt * drag)
+    q0 = damp * tl.load(v_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    q1 = damp * tl.load(v_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    q2 = damp * tl.load(v_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    if HAS_FORCE:
+        q0 += dt * tl.load(force_ptr + offs * 3 + 0, mask=mask, other=0.0)
+        q1 += dt * tl.load(force_ptr + offs * 3 + 1, mask=mask, other=0.0)
+        q2 += dt * tl.load(force_ptr + offs * 3 + 2, mask=mask, other=0.0)
+
+    for i in tl.static_range(4):
+        d0 = (b0 + i).to(l0.dtype) - l0
+        w0 = _bspline(d0)
+        o0 = d0 * dx
+        for j in tl.static_range(4):
+            d1 = (b1 + j).to(l1.dtype) - l1
+            w01 = w0 * _bspline(d1)
+            o1 = d1 * dx
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                d2 = (b2 + k).to(l2.dtype) - l2
+                w = w01 * _bspline(d2)
+                o2 = d2 * dx
+                node = grid_ptr + (row + k) * 4
+                tl.atomic_add(node + 0, w * m, mask=mask, sem="relaxed")
+                tl.atomic_add(node + 1, w * (q0 + a00 * o0 + a01 * o1 + a02 * o2), mask=mask, sem="relaxed")
+                tl.atomic_add(node + 2, w * (q1 + a10 * o0 + a11 * o1 + a12 * o2), mask=mask, sem="relaxed")
+                tl.atomic_add(node + 3, w * (q2 + a20 * o0 + a21 * o1 + a22 * o2), mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _trust_scale(b00, b11, b22, J0, dt, trust_j):
+    """Trust-region factor s and the clamp's raw value: s shrinks a compressive C."""
+    rate = b00 + b11 + b22
+    compressing = rate < 0
+    safe_rate = tl.where(compressing, rate, -1.0)
+    raw = (trust_j / J0 - 1.0) / (dt * safe_rate)
+    s = tl.where(compressing, tl.minimum(tl.maximum(raw, 0.0), 1.0), 1.0)
+    active = compressing & (raw >= 0.0) & (raw <= 1.0)
+    return s, raw, safe_rate, active
+
+
+@triton.jit
+def g2p_forward(
+    x_ptr, F_ptr, dF_ptr, grid_ptr, force_ptr, prm_ptr,
+    x_out, v_out, F_out, C_out, N, nx, ny, nz,
+    HAS_CONTROL: tl.constexpr, CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Grid velocities (computed on the fly), G2P, trust region, smoothed F update, advection."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    dt = tl.load(prm_ptr + 0)
+    dx = tl.load(prm_ptr + 1)
+    scale = tl.load(prm_ptr + 5)
+    beta = tl.load(prm_ptr + 7)
+    trust_j = tl.load(prm_ptr + 8)
+    floor_j = tl.load(prm_ptr + 9)
+    mass_threshold = tl.load(prm_ptr + 10)
+    f0 = tl.load(force_ptr + 0)
+    f1 = tl.load(force_ptr + 1)
+    f2 = tl.load(force_ptr + 2)
+    x0, x1, x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
+    zero = 0.0 * l0
+    u0 = zero
+    u1 = zero
+    u2 = zero
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    for i in tl.static_range(4):
+        d0 = (b0 + i).to(l0.dtype) - l0
+        w0 = _bspline(d0)
+        o0 = d0 * dx
+        for j in tl.static_range(4):
+            d1 = (b1 + j).to(l1.dtype) - l1
+            w01 = w0 * _bspline(d1)
+            o1 = d1 * dx
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                d2 = (b2 + k).to(l2.dtype) - l2
+                w = w01 * _bspline(d2)
+                o2 = d2 * dx
+                node = grid_ptr + (row + k) * 4
+                gm = tl.load(node + 0, mask=mask, other=0.0)
+                gp0 = tl.load(node + 1, mask=mask, other=0.0)
+                gp1 = tl.load(node + 2, mask=mask, other=0.0)
+                gp2 = tl.load(node + 3, mask=mask, other=0.0)
+                n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
+                    gm, gp0, gp1, gp2, b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
+                    mass_threshold, CELLS, BOUNDARY)
+                wn0 = w * n0
+                wn1 = w * n1
+                wn2 = w * n2
+                u0 += wn0
+                u1 += wn1
+                u2 += wn2
+                b00 += wn0 * o0
+                b01 += wn0 * o1
+                b02 += wn0 * o2
+                b10 += wn1 * o0
+                b11 += wn1 * o1
+                b12 += wn1 * o2
+                b20 += wn2 * o0
+                b21 += wn2 * o1
+                b22 += wn2 * o2
+    b00, b01, b02 = scale * b00, scale * b01, scale * b02
+    b10, b11, b12 = scale * b10, scale * b11, scale * b12
+    b20, b21, b22 = scale * b20, scale * b21, scale * b22
+    f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
+    h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+    J0 = tl.maximum(_det(h00, h01, h02, h10, h11, h12, h20, h21, h22), floor_j)
+    s, _raw, _rate, _active = _trust_scale(b00, b11, b22, J0, dt, trust_j)
+    c00, c01, c02 = s * b00, s * b01, s * b02
+    c10, c11, c12 = s * b10, s * b11, s * b12
+    c20, c21, c22 = s * b20, s * b21, s * b22
+    e00, e01, e02, e10, e11, e12, e20, e21, e22 = _matmul(
+        1.0 + dt * c00, dt * c01, dt * c02, dt * c10, 1.0 + dt * c11, dt * c12,
+        dt * c20, dt * c21, 1.0 + dt * c22, h00, h01, h02, h10, h11, h12, h20, h21, h22)
+    keep = 1.0 - beta
+    _store_matrix(F_out, offs, mask,
+                  keep * e00 + beta * f00, keep * e01 + beta * f01, keep * e02 + beta * f02,
+                  keep * e10 + beta * f10, keep * e11 + beta * f11, keep * e12 + beta * f12,
+                  keep * e20 + beta * f20, keep * e21 + beta * f21, keep * e22 + beta * f22)
+    _store_matrix(C_out, offs, mask, c00, c01, c02, c10, c11, c12, c20, c21, c22)
+    tl.store(v_out + offs * 3 + 0, u0, mask=mask)
+    tl.store(v_out + offs * 3 + 1, u1, mask=mask)
+    tl.store(v_out + offs * 3 + 2, u2, mask=mask)
+    tl.store(x_out + offs * 3 + 0, x0 + dt * u0, mask=mask)
+    tl.store(x_out + offs * 3 + 1, x1 + dt * u1, mask=mask)
+    tl.store(x_out + offs * 3 + 2, x2 + dt * u2, mask=mask)
+
+
+@triton.jit
+def g2p_backward(
+    x_ptr, F_ptr, dF_ptr, grid_ptr, force_ptr, prm_ptr,
+    gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
+    grad_grid_ptr, gx_part_ptr, gFh_part_ptr, N, nx, ny, nz,
+    HAS_CONTROL: tl.constexpr, CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Adjoint of G2P, the trust region and the F update.
+
+    Adds ∂L/∂v_i into grad_grid[:, 1:4] (atomics) and writes the particle-local parts of ∂L/∂x
+    [N, 3] and ∂L/∂Fh [N, 9].
+    """
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    dt = tl.load(prm_ptr + 0)
+    dx = tl.load(prm_ptr + 1)
+    scale = tl.load(prm_ptr + 5)
+    beta = tl.load(prm_ptr + 7)
+    trust_j = tl.load(prm_ptr + 8)
+    floor_j = tl.load(prm_ptr + 9)
+    mass_threshold = tl.load(prm_ptr + 10)
+    f0 = tl.load(force_ptr + 0)
+    f1 = tl.load(force_ptr + 1)
+    f2 = tl.load(force_ptr + 2)
+    _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
+    zero = 0.0 * l0
+    # forward recompute of B (unscaled sum) for the trust region
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    for i in tl.static_range(4):
+        d0 = (b0 + i).to(l0.dtype) - l0
+        w0 = _bspline(d0)
+        o0 = d0 * dx
+        for j in tl.static_range(4):
+            d1 = (b1 + j).to(l1.dtype) - l1
+            w01 = w0 * _bspline(d1)
+            o1 = d1 * dx
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                d2 = (b2 + k).to(l2.dtype) - l2
+                w = w01 * _bspline(d2)
+                o2 = d2 * dx
+                node = grid_ptr + (row + k) * 4
+                n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
+                    tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
+                    tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
+                    b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
+                    mass_threshold, CELLS, BOUNDARY)
+                b00 += w * n0 * o0
+                b01 += w * n0 * o1
+                b02 += w * n0 * o2
+                b10 += w * n1 * o0
+                b11 += w * n1 * o1
+                b12 += w * n1 * o2
+                b20 += w * n2 * o0
+                b21 += w * n2 * o1
+                b22 += w * n2 * o2
+    b00, b01, b02 = scale * b00, scale * b01, scale * b02
+    b10, b11, b12 = scale * b10, scale * b11, scale * b12
+    b20, b21, b22 = scale * b20, scale * b21, scale * b22
+    f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
+    h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+    k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22)
+    det = h00 * k00 + h01 * k01 + h02 * k02
+    J0 = tl.maximum(det, floor_j)
+    s, raw, safe_rate, active = _trust_scale(b00, b11, b22, J0, dt, trust_j)
+
+    go00, go01, go02, go10, go11, go12, go20, go21, go22 = _load_matrix(gF_out_ptr, offs, mask)
+    gc00, gc01, gc02, gc10, gc11, gc12, gc20, gc21, gc22 = _load_matrix(gC_out_ptr, offs, mask)
+    keep = 1.0 - beta
+    # C' enters F' = (1 − β)(I + dt C') Fh + β F: ∂/∂C' = (1 − β) dt gF' Fhᵀ
+    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _matmul(
+        go00, go01, go02, go10, go11, go12, go20, go21, go22, h00, h10, h20, h01, h11, h21, h02, h12, h22)
+    e = keep * dt
+    gc00, gc01, gc02 = gc00 + e * t00, gc01 + e * t01, gc02 + e * t02
+    gc10, gc11, gc12 = gc10 + e * t10, gc11 + e * t11, gc12 + e * t12
+    gc20, gc21, gc22 = gc20 + e * t20, gc21 + e * t21, gc22 + e * t22
+    # ∂/∂Fh = (1 − β)(I + dt C')ᵀ gF'
+    gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22 = _matmul(
+        1.0 + dt * s * b00, dt * s * b10, dt * s * b20, dt * s * b01, 1.0 + dt * s * b11, dt * s * b21,
+        dt * s * b02, dt * s * b12, 1.0 + dt * s * b22,
+        go00, go01, go02, go10, go11, go12, go20, go21, go22)
+    gh00, gh01, gh02 = keep * gh00, keep * gh01, keep * gh02
+    gh10, gh11, gh12 = keep * gh10, keep * gh11, keep * gh12
+    gh20, gh21, gh22 = keep * gh20, keep * gh21, keep * gh22
+    # C' = s B
+    g_s = (gc00 * b00 + gc01 * b01 + gc02 * b02 + gc10 * b10 + gc11 * b11 + gc12 * b12
+           + gc20 * b20 + gc21 * b21 + gc22 * b22)
+    g_raw = tl.where(active, g_s, 0.0)
+    g_rate = -g_raw * raw / safe_rate
+    g_J0 = tl.where(det >= floor_j, -g_raw * trust_j / (J0 * J0 * dt * safe_rate), 0.0)
+    gh00, gh01, gh02 = gh00 + g_J0 * k00, gh01 + g_J0 * k01, gh02 + g_J0 * k02
+    gh10, gh11, gh12 = gh10 + g_J0 * k10, gh11 + g_J0 * k11, gh12 + g_J0 * k12
+    gh20, gh21, gh22 = gh20 + g_J0 * k20, gh21 + g_J0 * k21, gh22 + g_J0 * k22
+    # gradient of the scaled sum D·Σ w v oᵀ
+    gb00, gb01, gb02 = scale * (s * gc00 + g_rate), scale * s * gc01, scale * s * gc02
+    gb10, gb11, gb12 = scale * s * gc10, scale * (s * gc11 + g_rate), scale * s * gc12
+    gb20, gb21, gb22 = scale * s * gc20, scale * s * gc21, scale * (s * gc22 + g_rate)
+    gxo0 = tl.load(gx_out_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    gxo1 = tl.load(gx_out_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    gxo2 = tl.load(gx_out_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    gu0 = dt * gxo0 + tl.load(gv_out_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    gu1 = dt * gxo1 + tl.load(gv_out_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    gu2 = dt * gxo2 + tl.load(gv_out_ptr + offs * 3 + 2, mask=mask, other=0.0)
+
+    gx0 = gxo0
+    gx1 = gxo1
+    gx2 = gxo2
+    inv_dx = 1.0 / dx
+    for i in tl.static_range(4):
+        d0 = (b0 + i).to(l0.dtype) - l0
+        w0 = _bspline(d0)
+        s0 = _bspline_slope(d0)
+        o0 = d0 * dx
+        for j in tl.static_range(4):
+            d1 = (b1 + j).to(l1.dtype) - l1
+            w1 = _bspline(d1)
+            s1 = _bspline_slope(d1)
+            o1 = d1 * dx
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                d2 = (b2 + k).to(l2.dtype) - l2
+                w2 = _bspline(d2)
+                s2 = _bspline_slope(d2)
+                o2 = d2 * dx
+                w = w0 * w1 * w2
+                node = grid_ptr + (row + k) * 4
+                n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
+                    tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
+                    tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
+                    b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
+                    mass_threshold, CELLS, BOUNDARY)
+                # per-node gradient of the velocity the particle reads
+                r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
+                r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
+                r2 = gu2 + gb20 * o0 + gb21 * o1 + gb22 * o2
+                gnode = grad_grid_ptr + (row + k) * 4
+                tl.atomic_add(gnode + 1, w * r0, mask=mask, sem="relaxed")
+                tl.atomic_add(gnode + 2, w * r1, mask=mask, sem="relaxed")
+                tl.atomic_add(gnode + 3, w * r2, mask=mask, sem="relaxed")
+                g_w = (n0 * r0 + n1 * r1 + n2 * r2) * inv_dx
+                gx0 -= g_w * s0 * w1 * w2 + w * (gb00 * n0 + gb10 * n1 + gb20 * n2)
+                gx1 -= g_w * w0 * s1 * w2 + w * (gb01 * n0 + gb11 * n1 + gb21 * n2)
+                gx2 -= g_w * w0 * w1 * s2 + w * (gb02 * n0 + gb12 * n1 + gb22 * n2)
+    tl.store(gx_part_ptr + offs * 3 + 0, gx0, mask=mask)
+    tl.store(gx_part_ptr + offs * 3 + 1, gx1, mask=mask)
+    tl.store(gx_part_ptr + offs * 3 + 2, gx2, mask=mask)
+    _store_matrix(gFh_part_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
+
+
+@triton.jit
+def grid_backward(
+    grid_ptr, grad_grid_ptr, force_ptr, grad_force_ptr, prm_ptr, G, nx, ny, nz,
+    CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Adjoint of the grid update, in place: grad_grid rows (·, ∂v) become (∂m, ∂p).
+
+    Also adds dt·Σ ∂v over the kept components into grad_force [3] (the external force).
+    """
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < G
+    dt = tl.load(prm_ptr + 0)
+    mass_threshold = tl.load(prm_ptr + 10)
+    f0 = tl.load(force_ptr + 0)
+    f1 = tl.load(force_ptr + 1)
+    f2 = tl.load(force_ptr + 2)
+    iz = offs % nz
+    iy = (offs // nz) % ny
+    ix = offs // (ny * nz)
+    gm = tl.load(grid_ptr + offs * 4 + 0, mask=mask, other=0.0)
+    p0 = tl.load(grid_ptr + offs * 4 + 1, mask=mask, other=0.0)
+    p1 = tl.load(grid_ptr + offs * 4 + 2, mask=mask, other=0.0)
+    p2 = tl.load(grid_ptr + offs * 4 + 3, mask=mask, other=0.0)
+    gv0 = tl.load(grad_grid_ptr + offs * 4 + 1, mask=mask, other=0.0)
+    gv1 = tl.load(grad_grid_ptr + offs * 4 + 2, mask=mask, other=0.0)
+    gv2 = tl.load(grad_grid_ptr + offs * 4 + 3, mask=mask, other=0.0)
+    _v0, _v1, _v2, k0, k1, k2, safe = _node_velocity(
+        gm, p0, p1, p2, ix, iy, iz, nx, ny, nz, dt, f0, f1, f2, mass_threshold, CELLS, BOUNDARY)
+    gv0 = tl.where(k0, gv0, 0.0)
+    gv1 = tl.where(k1, gv1, 0.0)
+    gv2 = tl.where(k2, gv2, 0.0)
+    g_mass = -(gv0 * p0 + gv1 * p1 + gv2 * p2) / (safe * safe)
+    g_mass = tl.where(gm >= 0.0, g_mass, 0.0)
+    tl.store(grad_grid_ptr + offs * 4 + 0, g_mass, mask=mask)
+    tl.store(grad_grid_ptr + offs * 4 + 1, gv0 / safe, mask=mask)
+    tl.store(grad_grid_ptr + offs * 4 + 2, gv1 / safe, mask=mask)
+    tl.store(grad_grid_ptr + offs * 4 + 3, gv2 / safe, mask=mask)
+    tl.atomic_add(grad_force_ptr + 0, dt * tl.sum(gv0, axis=0), sem="relaxed")
+    tl.atomic_add(grad_force_ptr + 1, dt * tl.sum(gv1, axis=0), sem="relaxed")
+    tl.atomic_add(grad_force_ptr + 2, dt * tl.sum(gv2, axis=0), sem="relaxed")
+
+
+@triton.jit
+def p2g_backward(
+    x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
+    lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
+    drag_ptr, prm_ptr, grad_grid_ptr, gx_part_ptr, gFh_part_ptr, gF_out_ptr,
+    gx_ptr, gv_ptr, gF_ptr, gC_ptr, gdF_ptr, gforce_ptr,
+    glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz,
+    HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Adjoint of the stress and P2G; finishes every particle and material gradient."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    dt = tl.load(prm_ptr + 0)
+    dx = tl.load(prm_ptr + 1)
+    scale = tl.load(prm_ptr + 5)
+    zeta = tl.load(prm_ptr + 6)
+    beta = tl.load(prm_ptr + 7)
+    floor_j = tl.load(prm_ptr + 9)
+    tiny = tl.load(prm_ptr + 11)
+    drag = tl.load(drag_ptr)
+    _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
+    f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
+    h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+    c00, c01, c02, c10, c11, c12, c20, c21, c22 = _load_matrix(C_ptr, offs, mask)
+    lam = _load_field(lam_ptr, lam_stride, offs, mask)
+    mu = _load_field(mu_ptr, mu_stride, offs, mask)
+    m = _load_field(mass_ptr, mass_stride, offs, mask)
+    vol = _load_field(vol_ptr, vol_stride, offs, mask)
+    v0 = tl.load(v_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    v1 = tl.load(v_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    v2 = tl.load(v_ptr + offs * 3 + 2, mask=mask, other=0.0)
+
+    # forward recompute
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _polar(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22, NEWTON)
+    k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22)
+    det = h00 * k00 + h01 * k01 + h02 * k02
+    J = tl.maximum(det, floor_j)
+    safe_det = tl.where(tl.abs(det) < tiny, tiny, det)
+    a = lam * (J - 1.0) * (J / safe_det)
+    two_mu = 2.0 * mu
+    p00, p01, p02 = two_mu * (h00 - r00) + a * k00, two_mu * (h01 - r01) + a * k01, two_mu * (h02 - r02) + a * k02
+    p10, p11, p12 = two_mu * (h10 - r10) + a * k10, two_mu * (h11 - r11) + a * k11, two_mu * (h12 - r12) + a * k12
+    p20, p21, p22 = two_mu * (h20 - r20) + a * k20, two_mu * (h21 - r21) + a * k21, two_mu * (h22 - r22) + a * k22
+    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _matmul(
+        p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h10, h20, h01, h11, h21, h02, h12, h22)
+    visc = zeta * (c00 + c11 + c22)
+    t00 += visc
+    t11 += visc
+    t22 += visc
+    e = -scale * dt * vol
+    a00, a01, a02 = e * t00 + m * c00, e * t01 + m * c01, e * t02 + m * c02
+    a10, a11, a12 = e * t10 + m * c10, e * t11 + m * c11, e * t12 + m * c12
+    a20, a21, a22 = e * t20 + m * c20, e * t21 + m * c21, e * t22 + m * c22
+    damp = 1.0 - dt * drag
+    q0 = m * damp * v0
+    q1 = m * damp * v1
+    q2 = m * damp * v2
+    if HAS_FORCE:
+        q0 += dt * tl.load(force_ptr + offs * 3 + 0, mask=mask, other=0.0)
+        q1 += dt * tl.load(force_ptr + offs * 3 + 1, mask=mask, other=0.0)
+        q2 += dt * tl.load(force_ptr + offs * 3 + 2, mask=mask, other=0.0)
+
+    # gather ∂L/∂(grid mass, momentum) over the stencil
+    zero = 0.0 * l0
+    g_m = zero
+    gq0 = zero
+    gq1 = zero
+    gq2 = zero
+    ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    gx0 = zero
+    gx1 = zero
+    gx2 = zero
+    inv_dx = 1.0 / dx
+    for i in tl.static_range(4):
+        d0 = (b0 + i).to(l0.dtype) - l0
+        w0 = _bspline(d0)
+        s0 = _bspline_slope(d0)
+        o0 = d0 * dx
+        for j in tl.static_range(4):
+            d1 = (b1 + j).to(l1.dtype) - l1
+            w1 = _bspline(d1)
+            s1 = _bspline_slope(d1)
+            o1 = d1 * dx
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                d2 = (b2 + k).to(l2.dtype) - l2
+                w2 = _bspline(d2)
+                s2 = _bspline_slope(d2)
+                o2 = d2 * dx
+                w = w0 * w1 * w2
+                gnode = grad_grid_ptr + (row + k) * 4
+                gmi = tl.load(gnode + 0, mask=mask, other=0.0)
+                gp0 = tl.load(gnode + 1, mask=mask, other=0.0)
+                gp1 = tl.load(gnode + 2, mask=mask, other=0.0)
+                gp2 = tl.load(gnode + 3, mask=mask, other=0.0)
+                g_m += w * gmi
+                wg0 = w * gp0
+                wg1 = w * gp1
+                wg2 = w * gp2
+                gq0 += wg0
+                gq1 += wg1
+                gq2 += wg2
+                ga00 += wg0 * o0
+                ga01 += wg0 * o1
+                ga02 += wg0 * o2
+                ga10 += wg1 * o0
+                ga11 += wg1 * o1
+                ga12 += wg1 * o2
+                ga20 += wg2 * o0
+                ga21 += wg2 * o1
+                ga22 += wg2 * o2
+                g_w = (gmi * m
+                       + gp0 * (q0 + a00 * o0 + a01 * o1 + a02 * o2)
+                       + gp1 * (q1 + a10 * o0 + a11 * o1 + a12 * o2)
+                       + gp2 * (q2 + a20 * o0 + a21 * o1 + a22 * o2)) * inv_dx
+                gx0 -= g_w * s0 * w1 * w2 + (wg0 * a00 + wg1 * a10 + wg2 * a20)
+                gx1 -= g_w * w0 * s1 * w2 + (wg0 * a01 + wg1 * a11 + wg2 * a21)
+                gx2 -= g_w * w0 * w1 * s2 + (wg0 * a02 + wg1 * a12 + wg2 * a22)
+
+    # momentum q = m (1 − dt·drag) v + dt f
+    gqv = gq0 * v0 + gq1 * v1 + gq2 * v2
+    g_m += damp * gqv + (ga00 * c00 + ga01 * c01 + ga02 * c02 + ga10 * c10 + ga11 * c11 + ga12 * c12
+                         + ga20 * c20 + ga21 * c21 + ga22 * c22)
+    md = m * damp
+    tl.store(gv_ptr + offs * 3 + 0, md * gq0, mask=mask)
+    tl.store(gv_ptr + offs * 3 + 1, md * gq1, mask=mask)
+    tl.store(gv_ptr + offs * 3 + 2, md * gq2, mask=mask)
+    if HAS_FORCE:
+        tl.store(gforce_ptr + offs * 3 + 0, dt * gq0, mask=mask)
+        tl.store(gforce_ptr + offs * 3 + 1, dt * gq1, mask=mask)
+        tl.store(gforce_ptr + offs * 3 + 2, dt * gq2, mask=mask)
+    tl.atomic_add(gdrag_ptr, tl.sum(tl.where(mask, -dt * m * gqv, 0.0), axis=0), sem="relaxed")
+    # A = e·tau + m C with e = −D dt V
+    g_vol = -scale * dt * (ga00 * t00 + ga01 * t01 + ga02 * t02 + ga10 * t10 + ga11 * t11 + ga12 * t12
+                           + ga20 * t20 + ga21 * t21 + ga22 * t22)
+    gt00, gt01, gt02 = e * ga00, e * ga01, e * ga02
+    gt10, gt11, gt12 = e * ga10, e * ga11, e * ga12
+    gt20, gt21, gt22 = e * ga20, e * ga21, e * ga22
+    g_visc = zeta * (gt00 + gt11 + gt22)
+    _store_matrix(gC_ptr, offs, mask, m * ga00 + g_visc, m * ga01, m * ga02,
+                  m * ga10, m * ga11 + g_visc, m * ga12, m * ga20, m * ga21, m * ga22 + g_visc)
+    tl.store(gmass_ptr + offs, g_m, mask=mask)
+    tl.store(gvol_ptr + offs, g_vol, mask=mask)
+    # tau = P Fhᵀ (+ viscosity)
+    gp00, gp01, gp02, gp10, gp11, gp12, gp20, gp21, gp22 = _matmul(
+        gt00, gt01, gt02, gt10, gt11, gt12, gt20, gt21, gt22, h00, h01, h02, h10, h11, h12, h20, h21, h22)
+    gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22 = _matmul(
+        gt00, gt10, gt20, gt01, gt11, gt21, gt02, gt12, gt22, p00, p01, p02, p10, p11, p12, p20, p21, p22)
+    # P = 2μ (Fh − R) + a·cofactor(Fh)
+    g_mu = 2.0 * (gp00 * (h00 - r00) + gp01 * (h01 - r01) + gp02 * (h02 - r02)
+                  + gp10 * (h10 - r10) + gp11 * (h11 - r11) + gp12 * (h12 - r12)
+                  + gp20 * (h20 - r20) + gp21 * (h21 - r21) + gp22 * (h22 - r22))
+    y00, y01, y02, y10, y11, y12, y20, y21, y22 = _polar_adjoint(
+        r00, r01, r02, r10, r11, r12, r20, r21, r22, h00, h01, h02, h10, h11, h12, h20, h21, h22,
+        -two_mu * gp00, -two_mu * gp01, -two_mu * gp02, -two_mu * gp10, -two_mu * gp11,
+        -two_mu * gp12, -two_mu * gp20, -two_mu * gp21, -two_mu * gp22, tiny)
+    z00, z01, z02, z10, z11, z12, z20, z21, z22 = _cofactor_adjoint(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22,
+        a * gp00, a * gp01, a * gp02, a * gp10, a * gp11, a * gp12, a * gp20, a * gp21, a * gp22)
+    sc = (gp00 * k00 + gp01 * k01 + gp02 * k02 + gp10 * k10 + gp11 * k11 + gp12 * k12
+          + gp20 * k20 + gp21 * k21 + gp22 * k22)
+    g_lam = sc * (J - 1.0) * (J / safe_det)
+    g_det = sc * lam * (tl.where(det >= floor_j, (2.0 * J - 1.0) / safe_det, 0.0)
+                        - tl.where(tl.abs(det) >= tiny, (J - 1.0) * J / (safe_det * safe_det), 0.0))
+    tl.store(glam_ptr + offs, g_lam, mask=mask)
+    tl.store(gmu_ptr + offs, g_mu, mask=mask)
+    pf00, pf01, pf02, pf10, pf11, pf12, pf20, pf21, pf22 = _load_matrix(gFh_part_ptr, offs, mask)
+    gh00 += two_mu * gp00 + y00 + z00 + g_det * k00 + pf00
+    gh01 += two_mu * gp01 + y01 + z01 + g_det * k01 + pf01
+    gh02 += two_mu * gp02 + y02 + z02 + g_det * k02 + pf02
+    gh10 += two_mu * gp10 + y10 + z10 + g_det * k10 + pf10
+    gh11 += two_mu * gp11 + y11 + z11 + g_det * k11 + pf11
+    gh12 += two_mu * gp12 + y12 + z12 + g_det * k12 + pf12
+    gh20 += two_mu * gp20 + y20 + z20 + g_det * k20 + pf20
+    gh21 += two_mu * gp21 + y21 + z21 + g_det * k21 + pf21
+    gh22 += two_mu * gp22 + y22 + z22 + g_det * k22 + pf22
+    if HAS_CONTROL:
+        _store_matrix(gdF_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
+    go00, go01, go02, go10, go11, go12, go20, go21, go22 = _load_matrix(gF_out_ptr, offs, mask)
+    _store_matrix(gF_ptr, offs, mask,
+                  gh00 + beta * go00, gh01 + beta * go01, gh02 + beta * go02,
+                  gh10 + beta * go10, gh11 + beta * go11, gh12 + beta * go12,
+                  gh20 + beta * go20, gh21 + beta * go21, gh22 + beta * go22)
+    tl.store(gx_ptr + offs * 3 + 0, gx0 + tl.load(gx_part_ptr + offs * 3 + 0, mask=mask, other=0.0), mask=mask)
+    tl.store(gx_ptr + offs * 3 + 1, gx1 + tl.load(gx_part_ptr + offs * 3 + 1, mask=mask, other=0.0), mask=mask)
+    tl.store(gx_ptr + offs * 3 + 2, gx2 + tl.load(gx_part_ptr + offs * 3 + 2, mask=mask, other=0.0), mask=mask)
