@@ -75,7 +75,10 @@ def main() -> None:
     parser.add_argument("--gaussians", type=int, nargs="+", default=[50_000, 200_000, 1_000_000])
     parser.add_argument("--equalize", action="store_true", help="enable post_equalize at bind")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
     x = lattice_ball(args.particles).to(device, dtype)
