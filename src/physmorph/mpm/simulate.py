@@ -43,17 +43,42 @@ class Trajectory:
     positions:             [T+1, N, 3]
     velocities:            [T+1, N, 3]
     deformation_gradients: [T+1, N, 3, 3]
-    final:                 the State after the last step
+    affine_velocities:     [T+1, N, 3, 3]
     """
 
     positions: torch.Tensor
     velocities: torch.Tensor
     deformation_gradients: torch.Tensor
-    final: State
+    affine_velocities: torch.Tensor
 
     @property
     def num_steps(self) -> int:
         return int(self.positions.shape[0]) - 1
+
+    def state(self, index: int) -> State:
+        """The State at trajectory index `index` (0 = initial, -1 = final)."""
+        return State(
+            self.positions[index],
+            self.velocities[index],
+            self.deformation_gradients[index],
+            self.affine_velocities[index],
+        )
+
+    @property
+    def final(self) -> State:
+        return self.state(-1)
+
+    def then(self, later: Trajectory, index: int) -> Trajectory:
+        """This trajectory up to `index`, continued by `later` (which starts at that state)."""
+        return Trajectory(
+            *(
+                torch.cat((mine[:index], theirs))
+                for mine, theirs in zip(
+                    (self.positions, self.velocities, self.deformation_gradients, self.affine_velocities),
+                    (later.positions, later.velocities, later.deformation_gradients, later.affine_velocities),
+                )
+            )
+        )
 
 
 def control_steps(num_steps: int, control_stride: int) -> list[int]:
@@ -70,16 +95,19 @@ def simulate(
     forces: torch.Tensor | None = None,
     checkpoint_steps: bool = False,
     backend: Backend = "auto",
+    start_step: int = 0,
     check_divergence: bool = True,
 ) -> Trajectory:
-    """Roll out `num_steps` steps from `initial`; differentiable by plain autograd.
+    """Roll out steps `start_step` … `num_steps` − 1 from `initial`; differentiable by plain autograd.
 
     deformation_controls: ΔF [K, N, 3, 3], K = len(control_steps(num_steps, control_stride));
-                          control k is added to F at step k · control_stride
+                          control k is added to F at step k · control_stride (controls of
+                          steps before `start_step` are ignored)
     forces:               per-particle forces [N, 3] (every step) or [num_steps, N, 3]
     checkpoint_steps:     keep only each step's state for backward and recompute the step's
                           intermediates, so memory is O(T · state) rather than O(T · step)
     backend:              'torch' (reference), 'triton' (fused GPU kernels) or 'auto' (see select_step)
+    start_step:           the step number of `initial` (to resume an episode mid-way)
     check_divergence:     raise SimulationDiverged when particles become non-finite or leave
                           the grid (one host sync per rollout)
     """
@@ -101,8 +129,9 @@ def simulate(
         return result.positions, result.velocities, result.deformation_gradients, result.affine_velocities
 
     state = (initial.positions, initial.velocities, initial.deformation_gradients, initial.affine_velocities)
-    positions, velocities, gradients, bad_counts = [state[0]], [state[1]], [state[2]], []
-    for t in range(num_steps):
+    history: list[tuple[torch.Tensor, ...]] = [state]
+    bad_counts = []
+    for t in range(start_step, num_steps):
         control = None
         if deformation_controls is not None and t in control_at:
             control = deformation_controls[control_at[t]]
@@ -117,23 +146,21 @@ def simulate(
             )
         else:
             state = advance(state, control, force)
-        positions.append(state[0])
-        velocities.append(state[1])
-        gradients.append(state[2])
+        history.append(state)
         if check_divergence:
             with torch.no_grad():
                 bad = escaped(state[0], model.grid, model.kernel) | ~torch.isfinite(state[2]).all(dim=(-1, -2))
                 bad_counts.append(bad.sum())
     if check_divergence and bad_counts:
-        _raise_if_diverged(torch.stack(bad_counts).tolist(), n)
-    return Trajectory(torch.stack(positions), torch.stack(velocities), torch.stack(gradients), State(*state))
+        _raise_if_diverged(torch.stack(bad_counts).tolist(), n, start_step)
+    return Trajectory(*(torch.stack(series) for series in zip(*history)))
 
 
-def _raise_if_diverged(bad_counts: list[int], num_particles: int) -> None:
+def _raise_if_diverged(bad_counts: list[int], num_particles: int, start_step: int) -> None:
     for t, count in enumerate(bad_counts):
         if count:
             raise SimulationDiverged(
-                f"simulation diverged at step {t + 1}: {count} of {num_particles} particles became "
+                f"simulation diverged at step {start_step + t + 1}: {count} of {num_particles} particles became "
                 "non-finite or left the grid; reduce dt, raise drag, lower the stiffness (lam/mu, E) "
                 "or the control magnitudes, or enlarge the grid"
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from physmorph.mpm.grid import Grid, Kernel, Stencil, affine_scale, kernel_support, stencil
@@ -66,6 +68,7 @@ def particles_to_grid(
     return grid_mass.clamp(min=0.0), grid_momentum
 
 
+@functools.lru_cache(maxsize=16)
 def boundary_masks(grid: Grid, cells: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per node and axis, whether it lies within `cells` of the low / high wall: two [G, 3] bools."""
     axes = [torch.arange(n, device=device) for n in grid.dims]

@@ -1,0 +1,225 @@
+"""Optimise one episode's deformation controls against the mass loss: Adam or the reference line search."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from physmorph.config import OptimizationConfig
+from physmorph.errors import SimulationDiverged
+from physmorph.losses import mass_loss
+from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
+
+Progress = Callable[[float], None]
+
+# Reference optimiser constants (SPEC §5).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPSILON = 1e-3
+MAX_STEP_ABSOLUTE = 5e-3
+MAX_STEP_RELATIVE = 0.05
+
+
+@dataclass
+class EpisodeProblem:
+    """One episode: roll out `num_steps` from `initial` and compare the end to the target field."""
+
+    model: Model
+    initial: State
+    target_grid_mass: torch.Tensor
+    num_steps: int
+    control_stride: int
+    checkpoint_steps: bool = False
+    backend: str = "auto"
+
+    @property
+    def num_controls(self) -> int:
+        return len(control_steps(self.num_steps, self.control_stride))
+
+    def zero_controls(self) -> torch.Tensor:
+        x = self.initial.positions
+        return torch.zeros(self.num_controls, x.shape[0], 3, 3, dtype=x.dtype, device=x.device)
+
+    def rollout(self, controls: torch.Tensor, start: int = 0, state: State | None = None) -> Trajectory:
+        """Roll out from step `start` (whose state is `state`, default the initial one)."""
+        return simulate(
+            state or self.initial,
+            self.model,
+            self.num_steps,
+            controls,
+            self.control_stride,
+            checkpoint_steps=self.checkpoint_steps,
+            backend=self.backend,
+            start_step=start,
+        )
+
+    def loss(self, trajectory: Trajectory) -> torch.Tensor:
+        return mass_loss(
+            trajectory.final.positions,
+            self.model.masses.expand(trajectory.final.num_particles),
+            self.target_grid_mass,
+            self.model.grid,
+            self.model.kernel,
+        )
+
+
+@dataclass
+class EpisodeResult:
+    """Optimised controls [K, N, 3, 3], their trajectory and the loss history (first = no control)."""
+
+    controls: torch.Tensor
+    trajectory: Trajectory
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def loss_before(self) -> float:
+        return self.losses[0]
+
+    @property
+    def loss_after(self) -> float:
+        return min(self.losses)
+
+
+def optimize_adam(
+    problem: EpisodeProblem, settings: OptimizationConfig, progress: Progress | None = None
+) -> EpisodeResult:
+    """All controls of the episode at once: Adam on the exact gradient, cosine learning-rate decay,
+    early stop after `patience` iterations without improvement; keeps the best controls seen."""
+    controls = problem.zero_controls().requires_grad_()
+    optimizer = torch.optim.Adam([controls], lr=settings.learning_rate)
+    best_loss, best_controls, since_best = math.inf, controls.detach().clone(), 0
+    losses: list[float] = []
+    for iteration in range(settings.iterations + 1):
+        try:
+            loss = problem.loss(problem.rollout(controls))
+            value = loss.item()
+        except SimulationDiverged:
+            value = math.inf
+        losses.append(value)
+        if progress is not None:
+            progress(value)
+        if value < best_loss:
+            best_loss, best_controls, since_best = value, controls.detach().clone(), 0
+        else:
+            since_best += 1
+            if not math.isfinite(value):
+                # step back to the best controls with a smaller step
+                with torch.no_grad():
+                    controls.copy_(best_controls)
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+                continue
+        if iteration == settings.iterations or since_best >= settings.patience:
+            break
+        progress_ratio = iteration / max(settings.iterations - 1, 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress_ratio))
+        lr = settings.learning_rate * (
+            settings.final_learning_rate_ratio + (1 - settings.final_learning_rate_ratio) * cosine
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = min(lr, group["lr"]) if not math.isfinite(value) else lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        trajectory = problem.rollout(best_controls)
+    return EpisodeResult(best_controls, trajectory, losses)
+
+
+class _ReferenceAdam:
+    """AMSGrad moments of one control step, with the reference's normalised, clipped steps."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.first = torch.zeros_like(like)
+        self.second = torch.zeros_like(like)
+        self.second_max = torch.zeros_like(like)
+        self.count = 0
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        return self.first.clone(), self.second.clone(), self.second_max.clone(), self.count
+
+    def restore(self, saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]) -> None:
+        self.first, self.second, self.second_max, self.count = (
+            saved[0].clone(),
+            saved[1].clone(),
+            saved[2].clone(),
+            saved[3],
+        )
+
+    def step(self, gradient: torch.Tensor, control: torch.Tensor, step_size: float) -> torch.Tensor:
+        """The control after one step of size `step_size` along the normalised gradient."""
+        gradient = gradient / gradient.norm().clamp(min=1e-30)
+        beta1, beta2 = ADAM_BETAS
+        self.count += 1
+        self.first = beta1 * self.first + (1 - beta1) * gradient
+        self.second = beta2 * self.second + (1 - beta2) * gradient**2
+        self.second_max = torch.maximum(self.second_max, self.second)
+        first_hat = self.first / (1 - beta1**self.count)
+        second_hat = self.second_max / (1 - beta2**self.count)
+        update = step_size * first_hat / (second_hat.sqrt() + ADAM_EPSILON)
+        update = update.clamp(-MAX_STEP_ABSOLUTE, MAX_STEP_ABSOLUTE)
+        # each particle's step is at most 5% of the size of its controlled gradient F + ΔF
+        limit = MAX_STEP_RELATIVE * (control + torch.eye(3, dtype=control.dtype, device=control.device)).norm(
+            dim=(-1, -2)
+        )
+        norm = update.norm(dim=(-1, -2)).clamp(min=1e-30)
+        update = update * (limit / norm).clamp(max=1.0)[:, None, None]
+        return control - update
+
+
+def optimize_reference(
+    problem: EpisodeProblem, settings: OptimizationConfig, progress: Progress | None = None
+) -> EpisodeResult:
+    """The reference algorithm (SPEC §5): sweeps over the control steps in order; per step,
+    gradient descent with AMSGrad directions and a backtracking line search on the step size."""
+    steps = control_steps(problem.num_steps, problem.control_stride)
+    controls = problem.zero_controls()
+    moments = [_ReferenceAdam(controls[0]) for _ in steps]
+    with torch.no_grad():
+        trajectory = problem.rollout(controls)
+    losses = [problem.loss(trajectory).item()]
+    if progress is not None:
+        progress(losses[-1])
+    alpha = settings.initial_alpha
+    for _ in range(settings.passes):
+        for k, t in enumerate(steps):
+            state_t = trajectory.state(t)
+            first_norm = None
+            for _ in range(settings.max_gd_iters):
+                control = controls[k].clone().requires_grad_()
+                trial_controls = torch.cat((controls[:k], control.unsqueeze(0), controls[k + 1 :]))
+                loss = problem.loss(problem.rollout(trial_controls, t, state_t))
+                (gradient,) = torch.autograd.grad(loss, control)
+                current = loss.item()
+                norm = gradient.norm().item()
+                if first_norm is None:
+                    first_norm = norm
+                elif norm < settings.gd_tol * first_norm:
+                    break
+                saved = moments[k].snapshot()
+                accepted = False
+                for _ in range(settings.max_ls_iters):
+                    candidate = moments[k].step(gradient, controls[k], alpha)
+                    trial = torch.cat((controls[:k], candidate.unsqueeze(0), controls[k + 1 :]))
+                    with torch.no_grad():
+                        try:
+                            candidate_trajectory = problem.rollout(trial, t, state_t)
+                            value = problem.loss(candidate_trajectory).item()
+                        except SimulationDiverged:
+                            value = math.inf
+                    if math.isfinite(value) and value < current:
+                        controls = trial
+                        trajectory = trajectory.then(candidate_trajectory, t)
+                        alpha = min(1.1 * alpha, settings.initial_alpha)
+                        losses.append(value)
+                        if progress is not None:
+                            progress(value)
+                        accepted = True
+                        break
+                    moments[k].restore(saved)
+                    alpha *= 0.5
+                if not accepted:
+                    break
+    return EpisodeResult(controls, trajectory, losses)
