@@ -6,7 +6,7 @@ stress plus bulk viscosity, A the APIC affine momentum matrix, q the particle mo
 V rest volume, B the unscaled new affine velocity, s the trust-region scale. Matrices are nine
 scalars aRC (row R, column C). The grid is [G, 4] rows (mass, momentum x, y, z); node
 (i, j, k) sits at row (i·ny + j)·nz + k. `prm` holds the float settings in the data's dtype (so
-float64 runs keep full precision): see PARAMETERS.
+    float64 runs keep full precision): see PARAMETERS.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import triton.language as tl
 PARAMETERS = (
     "dt", "dx", "min_x", "min_y", "min_z", "affine_scale", "bulk_viscosity", "smoothing",
     "trust_min_jacobian", "jacobian_floor", "mass_threshold", "tiny_determinant",
-)
+    )
 
 BOUNDARY_CODES = {"none": 0, "sticky": 1, "slip": 2}
 
@@ -52,7 +52,7 @@ def _cofactor(a00, a01, a02, a10, a11, a12, a20, a21, a22):
         a11 * a22 - a12 * a21, a12 * a20 - a10 * a22, a10 * a21 - a11 * a20,
         a02 * a21 - a01 * a22, a00 * a22 - a02 * a20, a01 * a20 - a00 * a21,
         a01 * a12 - a02 * a11, a02 * a10 - a00 * a12, a00 * a11 - a01 * a10,
-    )
+        )
 
 
 @triton.jit
@@ -69,7 +69,7 @@ def _cofactor_adjoint(a00, a01, a02, a10, a11, a12, a20, a21, a22,
         g01 * a12 + a01 * g12 - g02 * a11 - a02 * g11,
         g02 * a10 + a02 * g10 - g00 * a12 - a00 * g12,
         g00 * a11 + a00 * g11 - g01 * a10 - a01 * g10,
-    )
+        )
 
 
 @triton.jit
@@ -82,7 +82,7 @@ def _matmul(a00, a01, a02, a10, a11, a12, a20, a21, a22,
         a10 * b02 + a11 * b12 + a12 * b22,
         a20 * b00 + a21 * b10 + a22 * b20, a20 * b01 + a21 * b11 + a22 * b21,
         a20 * b02 + a21 * b12 + a22 * b22,
-    )
+        )
 
 
 @triton.jit
@@ -93,22 +93,18 @@ def _polar(f00, f01, f02, f10, f11, f12, f20, f21, f22, ITERATIONS: tl.constexpr
     stretched F; the unscaled tail converges quadratically to full precision.
     """
     r00, r01, r02, r10, r11, r12, r20, r21, r22 = f00, f01, f02, f10, f11, f12, f20, f21, f22
-    for it in tl.static_range(ITERATIONS):
+    for it in range(ITERATIONS):
         c00, c01, c02, c10, c11, c12, c20, c21, c22 = _cofactor(
             r00, r01, r02, r10, r11, r12, r20, r21, r22)
         det = r00 * c00 + r01 * c01 + r02 * c02
         inv_det = 1.0 / det
-        if it < ITERATIONS // 2:
-            norm = (r00 * r00 + r01 * r01 + r02 * r02 + r10 * r10 + r11 * r11 + r12 * r12
-                    + r20 * r20 + r21 * r21 + r22 * r22)
-            norm_inv = (c00 * c00 + c01 * c01 + c02 * c02 + c10 * c10 + c11 * c11 + c12 * c12
-                        + c20 * c20 + c21 * c21 + c22 * c22) * inv_det * inv_det
-            gamma = tl.sqrt(tl.sqrt(norm_inv / norm))
-            a = 0.5 * gamma
-            b = 0.5 * inv_det / gamma
-        else:
-            a = 0.5 + 0.0 * det
-            b = 0.5 * inv_det
+        norm = (r00 * r00 + r01 * r01 + r02 * r02 + r10 * r10 + r11 * r11 + r12 * r12
+                + r20 * r20 + r21 * r21 + r22 * r22)
+        norm_inv = (c00 * c00 + c01 * c01 + c02 * c02 + c10 * c10 + c11 * c11 + c12 * c12
+                    + c20 * c20 + c21 * c21 + c22 * c22) * inv_det * inv_det
+        gamma = tl.where(it < ITERATIONS // 2, tl.sqrt(tl.sqrt(norm_inv / norm)), 1.0)
+        a = 0.5 * gamma
+        b = 0.5 * inv_det / gamma
         r00, r01, r02 = a * r00 + b * c00, a * r01 + b * c01, a * r02 + b * c02
         r10, r11, r12 = a * r10 + b * c10, a * r11 + b * c11, a * r12 + b * c12
         r20, r21, r22 = a * r20 + b * c20, a * r21 + b * c21, a * r22 + b * c22
@@ -202,7 +198,7 @@ def _load_matrix(ptr, offs, mask):
         tl.load(p + 4, mask=mask, other=0.0), tl.load(p + 5, mask=mask, other=0.0),
         tl.load(p + 6, mask=mask, other=0.0), tl.load(p + 7, mask=mask, other=0.0),
         tl.load(p + 8, mask=mask, other=0.0),
-    )
+        )
 
 
 @triton.jit
@@ -256,7 +252,7 @@ def p2g_forward(
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
     drag_ptr, prm_ptr, grid_ptr, N, nx, ny, nz,
     HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
-):
+    ):
     """Stress and P2G: adds each particle's mass and momentum to its 64 nodes (atomics)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -308,24 +304,25 @@ def p2g_forward(
         q1 += dt * tl.load(force_ptr + offs * 3 + 1, mask=mask, other=0.0)
         q2 += dt * tl.load(force_ptr + offs * 3 + 2, mask=mask, other=0.0)
 
-    for i in tl.static_range(4):
+    for node_in_stencil in range(64):
+        i = node_in_stencil // 16
+        j = (node_in_stencil // 4) % 4
+        k = node_in_stencil % 4
         d0 = (b0 + i).to(l0.dtype) - l0
         w0 = _bspline(d0)
         o0 = d0 * dx
-        for j in tl.static_range(4):
-            d1 = (b1 + j).to(l1.dtype) - l1
-            w01 = w0 * _bspline(d1)
-            o1 = d1 * dx
-            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
-                d2 = (b2 + k).to(l2.dtype) - l2
-                w = w01 * _bspline(d2)
-                o2 = d2 * dx
-                node = grid_ptr + (row + k) * 4
-                tl.atomic_add(node + 0, w * m, mask=mask, sem="relaxed")
-                tl.atomic_add(node + 1, w * (q0 + a00 * o0 + a01 * o1 + a02 * o2), mask=mask, sem="relaxed")
-                tl.atomic_add(node + 2, w * (q1 + a10 * o0 + a11 * o1 + a12 * o2), mask=mask, sem="relaxed")
-                tl.atomic_add(node + 3, w * (q2 + a20 * o0 + a21 * o1 + a22 * o2), mask=mask, sem="relaxed")
+        d1 = (b1 + j).to(l1.dtype) - l1
+        w01 = w0 * _bspline(d1)
+        o1 = d1 * dx
+        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+        d2 = (b2 + k).to(l2.dtype) - l2
+        w = w01 * _bspline(d2)
+        o2 = d2 * dx
+        node = grid_ptr + (row + k) * 4
+        tl.atomic_add(node + 0, w * m, mask=mask, sem="relaxed")
+        tl.atomic_add(node + 1, w * (q0 + a00 * o0 + a01 * o1 + a02 * o2), mask=mask, sem="relaxed")
+        tl.atomic_add(node + 2, w * (q1 + a10 * o0 + a11 * o1 + a12 * o2), mask=mask, sem="relaxed")
+        tl.atomic_add(node + 3, w * (q2 + a20 * o0 + a21 * o1 + a22 * o2), mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -345,7 +342,7 @@ def g2p_forward(
     x_ptr, F_ptr, dF_ptr, grid_ptr, force_ptr, prm_ptr,
     x_out, v_out, F_out, C_out, N, nx, ny, nz,
     HAS_CONTROL: tl.constexpr, CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
-):
+    ):
     """Grid velocities (computed on the fly), G2P, trust region, smoothed F update, advection."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -365,42 +362,43 @@ def g2p_forward(
     u1 = zero
     u2 = zero
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
-    for i in tl.static_range(4):
+    for node_in_stencil in range(64):
+        i = node_in_stencil // 16
+        j = (node_in_stencil // 4) % 4
+        k = node_in_stencil % 4
         d0 = (b0 + i).to(l0.dtype) - l0
         w0 = _bspline(d0)
         o0 = d0 * dx
-        for j in tl.static_range(4):
-            d1 = (b1 + j).to(l1.dtype) - l1
-            w01 = w0 * _bspline(d1)
-            o1 = d1 * dx
-            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
-                d2 = (b2 + k).to(l2.dtype) - l2
-                w = w01 * _bspline(d2)
-                o2 = d2 * dx
-                node = grid_ptr + (row + k) * 4
-                gm = tl.load(node + 0, mask=mask, other=0.0)
-                gp0 = tl.load(node + 1, mask=mask, other=0.0)
-                gp1 = tl.load(node + 2, mask=mask, other=0.0)
-                gp2 = tl.load(node + 3, mask=mask, other=0.0)
-                n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
-                    gm, gp0, gp1, gp2, b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
-                    mass_threshold, CELLS, BOUNDARY)
-                wn0 = w * n0
-                wn1 = w * n1
-                wn2 = w * n2
-                u0 += wn0
-                u1 += wn1
-                u2 += wn2
-                b00 += wn0 * o0
-                b01 += wn0 * o1
-                b02 += wn0 * o2
-                b10 += wn1 * o0
-                b11 += wn1 * o1
-                b12 += wn1 * o2
-                b20 += wn2 * o0
-                b21 += wn2 * o1
-                b22 += wn2 * o2
+        d1 = (b1 + j).to(l1.dtype) - l1
+        w01 = w0 * _bspline(d1)
+        o1 = d1 * dx
+        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+        d2 = (b2 + k).to(l2.dtype) - l2
+        w = w01 * _bspline(d2)
+        o2 = d2 * dx
+        node = grid_ptr + (row + k) * 4
+        gm = tl.load(node + 0, mask=mask, other=0.0)
+        gp0 = tl.load(node + 1, mask=mask, other=0.0)
+        gp1 = tl.load(node + 2, mask=mask, other=0.0)
+        gp2 = tl.load(node + 3, mask=mask, other=0.0)
+        n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
+            gm, gp0, gp1, gp2, b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
+            mass_threshold, CELLS, BOUNDARY)
+        wn0 = w * n0
+        wn1 = w * n1
+        wn2 = w * n2
+        u0 += wn0
+        u1 += wn1
+        u2 += wn2
+        b00 += wn0 * o0
+        b01 += wn0 * o1
+        b02 += wn0 * o2
+        b10 += wn1 * o0
+        b11 += wn1 * o1
+        b12 += wn1 * o2
+        b20 += wn2 * o0
+        b21 += wn2 * o1
+        b22 += wn2 * o2
     b00, b01, b02 = scale * b00, scale * b01, scale * b02
     b10, b11, b12 = scale * b10, scale * b11, scale * b12
     b20, b21, b22 = scale * b20, scale * b21, scale * b22
@@ -435,7 +433,7 @@ def g2p_backward(
     gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
     grad_grid_ptr, gx_part_ptr, gFh_part_ptr, N, nx, ny, nz,
     HAS_CONTROL: tl.constexpr, CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
-):
+    ):
     """Adjoint of G2P, the trust region and the F update.
 
     Adds ∂L/∂v_i into grad_grid[:, 1:4] (atomics) and writes the particle-local parts of ∂L/∂x
@@ -457,34 +455,35 @@ def g2p_backward(
     zero = 0.0 * l0
     # forward recompute of B (unscaled sum) for the trust region
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
-    for i in tl.static_range(4):
+    for node_in_stencil in range(64):
+        i = node_in_stencil // 16
+        j = (node_in_stencil // 4) % 4
+        k = node_in_stencil % 4
         d0 = (b0 + i).to(l0.dtype) - l0
         w0 = _bspline(d0)
         o0 = d0 * dx
-        for j in tl.static_range(4):
-            d1 = (b1 + j).to(l1.dtype) - l1
-            w01 = w0 * _bspline(d1)
-            o1 = d1 * dx
-            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
-                d2 = (b2 + k).to(l2.dtype) - l2
-                w = w01 * _bspline(d2)
-                o2 = d2 * dx
-                node = grid_ptr + (row + k) * 4
-                n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
-                    tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
-                    tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
-                    b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
-                    mass_threshold, CELLS, BOUNDARY)
-                b00 += w * n0 * o0
-                b01 += w * n0 * o1
-                b02 += w * n0 * o2
-                b10 += w * n1 * o0
-                b11 += w * n1 * o1
-                b12 += w * n1 * o2
-                b20 += w * n2 * o0
-                b21 += w * n2 * o1
-                b22 += w * n2 * o2
+        d1 = (b1 + j).to(l1.dtype) - l1
+        w01 = w0 * _bspline(d1)
+        o1 = d1 * dx
+        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+        d2 = (b2 + k).to(l2.dtype) - l2
+        w = w01 * _bspline(d2)
+        o2 = d2 * dx
+        node = grid_ptr + (row + k) * 4
+        n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
+            tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
+            tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
+            b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
+            mass_threshold, CELLS, BOUNDARY)
+        b00 += w * n0 * o0
+        b01 += w * n0 * o1
+        b02 += w * n0 * o2
+        b10 += w * n1 * o0
+        b11 += w * n1 * o1
+        b12 += w * n1 * o2
+        b20 += w * n2 * o0
+        b21 += w * n2 * o1
+        b22 += w * n2 * o2
     b00, b01, b02 = scale * b00, scale * b01, scale * b02
     b10, b11, b12 = scale * b10, scale * b11, scale * b12
     b20, b21, b22 = scale * b20, scale * b21, scale * b22
@@ -539,41 +538,42 @@ def g2p_backward(
     gx1 = gxo1
     gx2 = gxo2
     inv_dx = 1.0 / dx
-    for i in tl.static_range(4):
+    for node_in_stencil in range(64):
+        i = node_in_stencil // 16
+        j = (node_in_stencil // 4) % 4
+        k = node_in_stencil % 4
         d0 = (b0 + i).to(l0.dtype) - l0
         w0 = _bspline(d0)
         s0 = _bspline_slope(d0)
         o0 = d0 * dx
-        for j in tl.static_range(4):
-            d1 = (b1 + j).to(l1.dtype) - l1
-            w1 = _bspline(d1)
-            s1 = _bspline_slope(d1)
-            o1 = d1 * dx
-            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
-                d2 = (b2 + k).to(l2.dtype) - l2
-                w2 = _bspline(d2)
-                s2 = _bspline_slope(d2)
-                o2 = d2 * dx
-                w = w0 * w1 * w2
-                node = grid_ptr + (row + k) * 4
-                n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
-                    tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
-                    tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
-                    b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
-                    mass_threshold, CELLS, BOUNDARY)
-                # per-node gradient of the velocity the particle reads
-                r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
-                r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
-                r2 = gu2 + gb20 * o0 + gb21 * o1 + gb22 * o2
-                gnode = grad_grid_ptr + (row + k) * 4
-                tl.atomic_add(gnode + 1, w * r0, mask=mask, sem="relaxed")
-                tl.atomic_add(gnode + 2, w * r1, mask=mask, sem="relaxed")
-                tl.atomic_add(gnode + 3, w * r2, mask=mask, sem="relaxed")
-                g_w = (n0 * r0 + n1 * r1 + n2 * r2) * inv_dx
-                gx0 -= g_w * s0 * w1 * w2 + w * (gb00 * n0 + gb10 * n1 + gb20 * n2)
-                gx1 -= g_w * w0 * s1 * w2 + w * (gb01 * n0 + gb11 * n1 + gb21 * n2)
-                gx2 -= g_w * w0 * w1 * s2 + w * (gb02 * n0 + gb12 * n1 + gb22 * n2)
+        d1 = (b1 + j).to(l1.dtype) - l1
+        w1 = _bspline(d1)
+        s1 = _bspline_slope(d1)
+        o1 = d1 * dx
+        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+        d2 = (b2 + k).to(l2.dtype) - l2
+        w2 = _bspline(d2)
+        s2 = _bspline_slope(d2)
+        o2 = d2 * dx
+        w = w0 * w1 * w2
+        node = grid_ptr + (row + k) * 4
+        n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
+            tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
+            tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
+            b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
+            mass_threshold, CELLS, BOUNDARY)
+        # per-node gradient of the velocity the particle reads
+        r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
+        r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
+        r2 = gu2 + gb20 * o0 + gb21 * o1 + gb22 * o2
+        gnode = grad_grid_ptr + (row + k) * 4
+        tl.atomic_add(gnode + 1, w * r0, mask=mask, sem="relaxed")
+        tl.atomic_add(gnode + 2, w * r1, mask=mask, sem="relaxed")
+        tl.atomic_add(gnode + 3, w * r2, mask=mask, sem="relaxed")
+        g_w = (n0 * r0 + n1 * r1 + n2 * r2) * inv_dx
+        gx0 -= g_w * s0 * w1 * w2 + w * (gb00 * n0 + gb10 * n1 + gb20 * n2)
+        gx1 -= g_w * w0 * s1 * w2 + w * (gb01 * n0 + gb11 * n1 + gb21 * n2)
+        gx2 -= g_w * w0 * w1 * s2 + w * (gb02 * n0 + gb12 * n1 + gb22 * n2)
     tl.store(gx_part_ptr + offs * 3 + 0, gx0, mask=mask)
     tl.store(gx_part_ptr + offs * 3 + 1, gx1, mask=mask)
     tl.store(gx_part_ptr + offs * 3 + 2, gx2, mask=mask)
@@ -584,7 +584,7 @@ def g2p_backward(
 def grid_backward(
     grid_ptr, grad_grid_ptr, force_ptr, grad_force_ptr, prm_ptr, G, nx, ny, nz,
     CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
-):
+    ):
     """Adjoint of the grid update, in place: grad_grid rows (·, ∂v) become (∂m, ∂p).
 
     Also adds dt·Σ ∂v over the kept components into grad_force [3] (the external force).
@@ -630,7 +630,7 @@ def p2g_backward(
     gx_ptr, gv_ptr, gF_ptr, gC_ptr, gdF_ptr, gforce_ptr,
     glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz,
     HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
-):
+    ):
     """Adjoint of the stress and P2G; finishes every particle and material gradient."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -698,51 +698,52 @@ def p2g_backward(
     gx1 = zero
     gx2 = zero
     inv_dx = 1.0 / dx
-    for i in tl.static_range(4):
+    for node_in_stencil in range(64):
+        i = node_in_stencil // 16
+        j = (node_in_stencil // 4) % 4
+        k = node_in_stencil % 4
         d0 = (b0 + i).to(l0.dtype) - l0
         w0 = _bspline(d0)
         s0 = _bspline_slope(d0)
         o0 = d0 * dx
-        for j in tl.static_range(4):
-            d1 = (b1 + j).to(l1.dtype) - l1
-            w1 = _bspline(d1)
-            s1 = _bspline_slope(d1)
-            o1 = d1 * dx
-            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
-                d2 = (b2 + k).to(l2.dtype) - l2
-                w2 = _bspline(d2)
-                s2 = _bspline_slope(d2)
-                o2 = d2 * dx
-                w = w0 * w1 * w2
-                gnode = grad_grid_ptr + (row + k) * 4
-                gmi = tl.load(gnode + 0, mask=mask, other=0.0)
-                gp0 = tl.load(gnode + 1, mask=mask, other=0.0)
-                gp1 = tl.load(gnode + 2, mask=mask, other=0.0)
-                gp2 = tl.load(gnode + 3, mask=mask, other=0.0)
-                g_m += w * gmi
-                wg0 = w * gp0
-                wg1 = w * gp1
-                wg2 = w * gp2
-                gq0 += wg0
-                gq1 += wg1
-                gq2 += wg2
-                ga00 += wg0 * o0
-                ga01 += wg0 * o1
-                ga02 += wg0 * o2
-                ga10 += wg1 * o0
-                ga11 += wg1 * o1
-                ga12 += wg1 * o2
-                ga20 += wg2 * o0
-                ga21 += wg2 * o1
-                ga22 += wg2 * o2
-                g_w = (gmi * m
-                       + gp0 * (q0 + a00 * o0 + a01 * o1 + a02 * o2)
-                       + gp1 * (q1 + a10 * o0 + a11 * o1 + a12 * o2)
-                       + gp2 * (q2 + a20 * o0 + a21 * o1 + a22 * o2)) * inv_dx
-                gx0 -= g_w * s0 * w1 * w2 + (wg0 * a00 + wg1 * a10 + wg2 * a20)
-                gx1 -= g_w * w0 * s1 * w2 + (wg0 * a01 + wg1 * a11 + wg2 * a21)
-                gx2 -= g_w * w0 * w1 * s2 + (wg0 * a02 + wg1 * a12 + wg2 * a22)
+        d1 = (b1 + j).to(l1.dtype) - l1
+        w1 = _bspline(d1)
+        s1 = _bspline_slope(d1)
+        o1 = d1 * dx
+        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+        d2 = (b2 + k).to(l2.dtype) - l2
+        w2 = _bspline(d2)
+        s2 = _bspline_slope(d2)
+        o2 = d2 * dx
+        w = w0 * w1 * w2
+        gnode = grad_grid_ptr + (row + k) * 4
+        gmi = tl.load(gnode + 0, mask=mask, other=0.0)
+        gp0 = tl.load(gnode + 1, mask=mask, other=0.0)
+        gp1 = tl.load(gnode + 2, mask=mask, other=0.0)
+        gp2 = tl.load(gnode + 3, mask=mask, other=0.0)
+        g_m += w * gmi
+        wg0 = w * gp0
+        wg1 = w * gp1
+        wg2 = w * gp2
+        gq0 += wg0
+        gq1 += wg1
+        gq2 += wg2
+        ga00 += wg0 * o0
+        ga01 += wg0 * o1
+        ga02 += wg0 * o2
+        ga10 += wg1 * o0
+        ga11 += wg1 * o1
+        ga12 += wg1 * o2
+        ga20 += wg2 * o0
+        ga21 += wg2 * o1
+        ga22 += wg2 * o2
+        g_w = (gmi * m
+            + gp0 * (q0 + a00 * o0 + a01 * o1 + a02 * o2)
+            + gp1 * (q1 + a10 * o0 + a11 * o1 + a12 * o2)
+            + gp2 * (q2 + a20 * o0 + a21 * o1 + a22 * o2)) * inv_dx
+        gx0 -= g_w * s0 * w1 * w2 + (wg0 * a00 + wg1 * a10 + wg2 * a20)
+        gx1 -= g_w * w0 * s1 * w2 + (wg0 * a01 + wg1 * a11 + wg2 * a21)
+        gx2 -= g_w * w0 * w1 * s2 + (wg0 * a02 + wg1 * a12 + wg2 * a22)
 
     # momentum q = m (1 − dt·drag) v + dt f
     gqv = gq0 * v0 + gq1 * v1 + gq2 * v2
