@@ -1,0 +1,438 @@
+"""End-to-end training: image losses and the mass loss reach the controls through one graph."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from physmorph.config import OptimizationConfig
+from physmorph.errors import InputError, SimulationDiverged
+from physmorph.io.targets import TargetImages
+from physmorph.losses.render_losses import (
+    RenderLossConfig,
+    SilhouetteEdges,
+    covariance_alignment_loss,
+    covariance_regularization,
+    curvature_target_covariances,
+    depth_loss,
+    dssim_loss,
+    edge_alignment_loss,
+    gaussian_neighbors,
+    normal_smoothness_loss,
+    psnr,
+    rgb_loss,
+    silhouette_edges,
+    silhouette_iou,
+    silhouette_loss,
+)
+from physmorph.losses.schedules import training_progress
+from physmorph.mpm import Material, Trajectory
+from physmorph.optimize.episode import EpisodeProblem, Progress
+from physmorph.render import Cameras, Images, RenderConfig, render
+from physmorph.render.renderer import Backend
+from physmorph.surface import (
+    Gaussians,
+    SurfaceBinding,
+    SurfaceConfig,
+    bind_surface,
+    synthesize_surface,
+)
+
+MaterialParameters = Literal["none", "lame", "youngs"]
+
+CURVATURE_NEIGHBORS = 16  # Gaussians whose normals estimate the curvature at each Gaussian
+NORMAL_NEIGHBORS = 8  # Gaussians each normal is compared with in the smoothness term
+
+
+@dataclass
+class RenderSettings:
+    """How Gaussians are rendered, for the prediction and for targets made from particles.
+
+    config:  background, albedo and lighting (flat albedo when its lighting model is 'flat')
+    opacity: peak opacity of every Gaussian, (0, 1]
+    backend: 'auto', 'torch' or 'gsplat' (see physmorph.render.render)
+    """
+
+    config: RenderConfig = field(default_factory=RenderConfig)
+    opacity: float = 1.0
+    backend: Backend = "auto"
+
+
+def render_state(
+    positions: torch.Tensor,
+    deformation_gradients: torch.Tensor,
+    binding: SurfaceBinding,
+    cameras: Cameras,
+    settings: RenderSettings | None = None,
+) -> tuple[Gaussians, Images]:
+    """Gaussians of a particle state (positions [N, 3], F [N, 3, 3]) and their images."""
+    settings = settings or RenderSettings()
+    gaussians = synthesize_surface(positions, deformation_gradients, binding)
+    lighting = settings.config.lighting
+    images = render(
+        gaussians,
+        cameras,
+        background=settings.config.bg,
+        shading=None if lighting.model == "flat" else lighting,
+        default_color=settings.config.particle_color,
+        default_opacity=settings.opacity,
+        backend=settings.backend,
+    )
+    return gaussians, images
+
+
+@torch.no_grad()
+def target_images_from_particles(
+    target_positions: torch.Tensor,
+    cameras: Cameras,
+    surface: SurfaceConfig,
+    settings: RenderSettings | None = None,
+) -> TargetImages:
+    """Target images of a target particle set [P, 3]: bind and synthesise its surface with F = I
+    and render it with `cameras`, the same way the prediction is rendered (SPEC §8)."""
+    eye = torch.eye(3, dtype=target_positions.dtype, device=target_positions.device)
+    identity = eye.expand(target_positions.shape[0], 3, 3)
+    binding = bind_surface(target_positions, identity, surface)
+    _, images = render_state(target_positions, identity, binding, cameras, settings)
+    names = [f"view{index:03d}" for index in range(len(cameras))]
+    return TargetImages(cameras, images.alpha, images.depth, images.rgb, names)
+
+
+@torch.no_grad()
+def view_metrics(images: Images, targets: TargetImages) -> dict[str, list[float]]:
+    """Per-view silhouette IoU (α > 0.5) and, when the targets have colour, PSNR (dB) of rgb."""
+    metrics = {"iou": silhouette_iou(images.alpha, targets.alpha.to(images.alpha)).tolist()}
+    if targets.rgb is not None:
+        metrics["psnr"] = psnr(images.rgb, targets.rgb.to(images.rgb)).tolist()
+    return metrics
+
+
+@dataclass
+class RenderObjective:
+    """The weighted render losses of supervised steps of a trajectory against their targets.
+
+    binding:   the surface bound to the episode's particles
+    targets:   one TargetImages per supervised step
+    steps:     trajectory indices supervised (−1 = last state)
+    losses:    weights and settings
+    settings:  how the prediction is rendered
+    edges:     silhouette tangents of each target's masks
+    neighbors: [M, CURVATURE_NEIGHBORS] Gaussian neighbours at the episode's start, or None
+    """
+
+    binding: SurfaceBinding
+    targets: list[TargetImages]
+    steps: list[int]
+    losses: RenderLossConfig
+    settings: RenderSettings
+    edges: list[SilhouetteEdges]
+    neighbors: torch.Tensor | None
+
+    @staticmethod
+    def build(
+        binding: SurfaceBinding,
+        targets: TargetImages | Sequence[TargetImages],
+        losses: RenderLossConfig,
+        initial_positions: torch.Tensor,
+        initial_deformation_gradients: torch.Tensor,
+        num_steps: int,
+        supervised_steps: Sequence[int] = (-1,),
+        settings: RenderSettings | None = None,
+    ) -> RenderObjective:
+        """Check the targets and precompute what does not change during training (no gradient)."""
+        target_list = [targets] if isinstance(targets, TargetImages) else list(targets)
+        steps = list(supervised_steps)
+        if len(target_list) == 1 and len(steps) > 1:
+            target_list = target_list * len(steps)
+        if len(target_list) != len(steps) or not steps:
+            raise InputError(
+                f"got {len(target_list)} target image sets for {len(steps)} supervised steps "
+                f"{steps}; give one set, or one per step"
+            )
+        for step in steps:
+            if not -(num_steps + 1) <= step <= num_steps:
+                raise InputError(
+                    f"supervised step {step} is outside the episode's 0..{num_steps} (−1 = last)"
+                )
+        like = initial_positions
+        target_list = [t.to(device=like.device, dtype=like.dtype) for t in target_list]
+        for target in target_list:
+            if target.alpha.shape != (len(target), target.cameras.height, target.cameras.width):
+                raise InputError(
+                    f"target alpha has shape {tuple(target.alpha.shape)}; expected [{len(target)}, "
+                    f"{target.cameras.height}, {target.cameras.width}] for its cameras"
+                )
+        neighbors = None
+        if losses.enabled and (losses.w_cov_align > 0 or losses.w_normal_smooth > 0):
+            with torch.no_grad():
+                rest = synthesize_surface(initial_positions, initial_deformation_gradients, binding)
+            neighbors = gaussian_neighbors(rest.means, min(CURVATURE_NEIGHBORS, binding.count - 1))
+        edges = [silhouette_edges(target.alpha) for target in target_list]
+        return RenderObjective(
+            binding, target_list, steps, losses, settings or RenderSettings(), edges, neighbors
+        )
+
+    def __call__(
+        self, trajectory: Trajectory, progress: float = 1.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Images]]:
+        """Weighted sum of the render terms at training `progress` ∈ [0, 1], the unweighted terms
+        (summed over supervised steps) and the images of each supervised step."""
+        weights = self.losses.weights(progress)
+        positions = trajectory.positions
+        total = torch.zeros((), dtype=positions.dtype, device=positions.device)
+        terms: dict[str, torch.Tensor] = {}
+        all_images = []
+        for step, target, edges in zip(self.steps, self.targets, self.edges):
+            gaussians, images = render_state(
+                positions[step],
+                trajectory.deformation_gradients[step],
+                self.binding,
+                target.cameras,
+                self.settings,
+            )
+            all_images.append(images)
+            for name, value in self._terms(gaussians, images, target, edges, weights).items():
+                terms[name] = terms.get(name, 0.0) + value
+                total = total + weights[name] * value
+        return total, terms, all_images
+
+    def _terms(
+        self,
+        gaussians: Gaussians,
+        images: Images,
+        target: TargetImages,
+        edges: SilhouetteEdges,
+        weights: dict[str, float],
+    ) -> dict[str, torch.Tensor]:
+        """The unweighted terms whose weight is non-zero."""
+        terms: dict[str, torch.Tensor] = {}
+        if weights["alpha"] > 0:
+            terms["alpha"] = silhouette_loss(images.alpha, target.alpha)
+        if weights["depth"] > 0 and target.depth is not None:
+            terms["depth"] = depth_loss(images.depth, target.depth, target.alpha)
+        if weights["edge"] > 0:
+            terms["edge"] = edge_alignment_loss(
+                gaussians.means, gaussians.covariances, target.cameras, edges
+            )
+        if weights["cov_align"] > 0 and self.neighbors is not None:
+            reference = curvature_target_covariances(
+                gaussians.means.detach(),
+                gaussians.normals.detach(),
+                self.binding.scales,
+                self.neighbors,
+            )
+            terms["cov_align"] = covariance_alignment_loss(gaussians.covariances, reference)
+        if weights["cov_reg"] > 0:
+            terms["cov_reg"] = covariance_regularization(
+                gaussians.covariances, self.losses.cov_reg_mode, self.losses.target_cov_scale
+            )
+        if weights["normal_smooth"] > 0 and self.neighbors is not None:
+            terms["normal_smooth"] = normal_smoothness_loss(
+                gaussians.normals, self.neighbors[:, :NORMAL_NEIGHBORS]
+            )
+        if target.rgb is not None:
+            if weights["rgb"] > 0:
+                terms["rgb"] = rgb_loss(images.rgb, target.rgb)
+            if weights["ssim"] > 0:
+                terms["ssim"] = dssim_loss(images.rgb, target.rgb)
+        return terms
+
+
+def _material_parameters(
+    material: Material, kind: MaterialParameters, like: torch.Tensor
+) -> list[torch.Tensor]:
+    """Unconstrained parameters of `material`: (log λ, log μ), or (log E, r) with
+    ν = 0.75 tanh(r) − 0.25."""
+    lam = torch.as_tensor(material.lam, dtype=like.dtype, device=like.device).detach()
+    mu = torch.as_tensor(material.mu, dtype=like.dtype, device=like.device).detach()
+    if kind == "lame":
+        if not bool((lam > 0).all()):
+            raise InputError(
+                "material parameterisation 'lame' optimises log λ and needs λ > 0; use 'youngs'"
+            )
+        return [torch.log(lam).requires_grad_(), torch.log(mu).requires_grad_()]
+    youngs = mu * (3 * lam + 2 * mu) / (lam + mu)
+    poisson = lam / (2 * (lam + mu))
+    return [
+        torch.log(youngs).requires_grad_(),
+        torch.atanh((poisson + 0.25) / 0.75).requires_grad_(),
+    ]
+
+
+def _material(base: Material, kind: MaterialParameters, parameters: list[torch.Tensor]) -> Material:
+    if kind == "none":
+        return base
+    if kind == "lame":
+        return Material(
+            torch.exp(parameters[0]), torch.exp(parameters[1]), base.density, base.model
+        )
+    poisson = 0.75 * torch.tanh(parameters[1]) - 0.25
+    return Material.from_youngs_modulus(torch.exp(parameters[0]), poisson, base.density, base.model)
+
+
+@dataclass
+class E2EResult:
+    """Best controls [K, N, 3, 3] and material, their trajectory and the history of the run.
+
+    losses:  total loss per iteration (the first: zero controls, initial material)
+    terms:   unweighted loss terms per iteration ('phys' and the render terms)
+    metrics: per supervised step, per-view 'iou' (and 'psnr' when targets have colour) of the result
+    """
+
+    controls: torch.Tensor
+    material: Material
+    trajectory: Trajectory
+    losses: list[float] = field(default_factory=list)
+    terms: list[dict[str, float]] = field(default_factory=list)
+    metrics: list[dict[str, list[float]]] = field(default_factory=list)
+
+    @property
+    def loss_before(self) -> float:
+        return self.losses[0]
+
+    @property
+    def loss_after(self) -> float:
+        return min(self.losses)
+
+
+def e2e_loss(
+    problem: EpisodeProblem,
+    objective: RenderObjective,
+    controls: torch.Tensor,
+    material: Material | None = None,
+    progress: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Trajectory, list[Images]]:
+    """w_phys · mass loss + render objective for `controls` [K, N, 3, 3] and `material` (default
+    the problem's): one graph back to the controls and any material tensor requiring grad."""
+    if material is not None:
+        problem = dataclasses.replace(problem, model=problem.model.with_material(material))
+    trajectory = problem.rollout(controls)
+    total, terms, images = objective(trajectory, progress)
+    w_phys = objective.losses.w_phys
+    if w_phys > 0:
+        physics = problem.loss(trajectory)
+        terms = {"phys": physics, **terms}
+        total = total + w_phys * physics
+    return total, terms, trajectory, images
+
+
+def optimize_e2e(
+    problem: EpisodeProblem,
+    binding: SurfaceBinding,
+    targets: TargetImages | Sequence[TargetImages],
+    losses: RenderLossConfig,
+    settings: OptimizationConfig,
+    *,
+    supervised_steps: Sequence[int] = (-1,),
+    render_settings: RenderSettings | None = None,
+    material: MaterialParameters = "none",
+    material_learning_rate: float = 0.05,
+    progress: Progress | None = None,
+) -> E2EResult:
+    """Adam on all controls of the episode (and optionally the material) against
+    w_phys · mass loss + Σ_steps Σ_views weighted render losses, through one autograd graph:
+    controls → simulate → synthesize_surface → render → loss → backward.
+
+    binding: surface bound to `problem.initial`'s particles. targets: one TargetImages for all
+    `supervised_steps` (trajectory indices, −1 = last) or one per step. material: 'lame' also
+    optimises log λ, log μ; 'youngs' log E and ν (kept in (−1, 0.5)); their learning rate is
+    `material_learning_rate` (log units). Learning rates follow optimize_adam's cosine decay;
+    early stop after `settings.patience` iterations without improvement; the best iterate is
+    kept. With losses.enabled false or all render weights 0 this is physics-only; w_phys = 0
+    is render-only.
+    """
+    objective = RenderObjective.build(
+        binding,
+        targets,
+        losses,
+        problem.initial.positions,
+        problem.initial.deformation_gradients,
+        problem.num_steps,
+        supervised_steps,
+        render_settings,
+    )
+    base_material = problem.model.material
+    controls = problem.zero_controls().requires_grad_()
+    material_parameters = (
+        [] if material == "none" else _material_parameters(base_material, material, controls)
+    )
+    groups = [
+        {"params": [controls], "lr": settings.learning_rate, "base_lr": settings.learning_rate}
+    ]
+    if material_parameters:
+        groups.append(
+            {
+                "params": material_parameters,
+                "lr": material_learning_rate,
+                "base_lr": material_learning_rate,
+            }
+        )
+    optimizer = torch.optim.Adam(groups)
+
+    def snapshot() -> list[torch.Tensor]:
+        return [controls.detach().clone(), *(p.detach().clone() for p in material_parameters)]
+
+    best_loss, best, since_best = math.inf, snapshot(), 0
+    history: list[float] = []
+    term_history: list[dict[str, float]] = []
+    for iteration in range(settings.iterations + 1):
+        fraction = training_progress(iteration, settings.iterations)
+        try:
+            loss, terms, _, _ = e2e_loss(
+                problem,
+                objective,
+                controls,
+                _material(base_material, material, material_parameters),
+                fraction,
+            )
+            value = loss.item()
+            term_history.append({name: float(term.detach()) for name, term in terms.items()})
+        except SimulationDiverged:
+            value = math.inf
+            term_history.append({})
+        history.append(value)
+        if progress is not None:
+            progress(value)
+        if value < best_loss:
+            best_loss, best, since_best = value, snapshot(), 0
+        else:
+            since_best += 1
+            if not math.isfinite(value):
+                # step back to the best iterate with smaller steps
+                with torch.no_grad():
+                    for parameter, saved in zip([controls, *material_parameters], best):
+                        parameter.copy_(saved)
+                for group in optimizer.param_groups:
+                    group["base_lr"] *= 0.5
+                    group["lr"] *= 0.5
+                continue
+        if iteration == settings.iterations or since_best >= settings.patience:
+            break
+        decay = training_progress(iteration, settings.iterations)
+        cosine = 0.5 * (1 + math.cos(math.pi * decay))
+        ratio = settings.final_learning_rate_ratio
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * (ratio + (1 - ratio) * cosine)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    best_controls, best_material = best[0], _material(base_material, material, best[1:])
+    with torch.no_grad():
+        _, _, trajectory, images = e2e_loss(problem, objective, best_controls, best_material)
+    metrics = [
+        view_metrics(view_images, target) for view_images, target in zip(images, objective.targets)
+    ]
+    if material != "none":
+        best_material = Material(
+            torch.as_tensor(best_material.lam).detach(),
+            torch.as_tensor(best_material.mu).detach(),
+            base_material.density,
+            base_material.model,
+        )
+    return E2EResult(best_controls, best_material, trajectory, history, term_history, metrics)
