@@ -15,6 +15,15 @@ def _trace(M: torch.Tensor) -> torch.Tensor:
     return M.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
+def gather_nodes(field: torch.Tensor, node_index: torch.Tensor) -> torch.Tensor:
+    """Node values [G, ...] at stencil indices [N, S] → [N, S, ...].
+
+    index_select's backward is an index_add, which is deterministic on the CPU (advanced
+    indexing's backward accumulates in a thread-dependent order), so runs are reproducible.
+    """
+    return field.index_select(0, node_index.reshape(-1)).reshape(*node_index.shape, *field.shape[1:])
+
+
 def splat_mass(positions: torch.Tensor, masses: torch.Tensor, grid: Grid, kernel: Kernel = "cubic") -> torch.Tensor:
     """Grid mass field m_i = Σ_p w_ip m_p, [nx·ny·nz] (flat), differentiable in both inputs."""
     st = stencil(positions, grid, kernel)
@@ -29,7 +38,7 @@ def grid_volume_estimate(
     """Rest volumes V_p = m_p / ρ_p with ρ_p = Σ_i w_ip m_i / dx³ (SPEC §2), [N]."""
     st = stencil(positions, grid, kernel)
     grid_mass = splat_mass(positions, masses, grid, kernel)
-    local_density = (st.weight * grid_mass[st.node_index]).sum(-1) / grid.dx**3
+    local_density = (st.weight * gather_nodes(grid_mass, st.node_index)).sum(-1) / grid.dx**3
     return masses / local_density
 
 
@@ -104,7 +113,7 @@ def grid_to_particles(
 ) -> State:
     """G2P, the J trust region, the smoothed F update and advection (SPEC §3.4–3.7)."""
     dt = model.dt
-    node_velocity = grid_velocity[st.node_index]
+    node_velocity = gather_nodes(grid_velocity, st.node_index)
     velocity = (st.weight.unsqueeze(-1) * node_velocity).sum(1)
     affine = affine_scale(model.kernel, model.grid.dx) * torch.einsum(
         "ns,nsi,nsj->nij", st.weight, node_velocity, st.offset

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from physmorph.cli import app
+
+TINY = {
+    "source": {"shape": "sphere", "params": {"radius": 2.0}},
+    "target": {"shape": "capsule", "params": {"radius": 1.5, "length": 3.0}},
+    "simulation": {"grid_min_point": [-6, -6, -6], "grid_max_point": [6, 6, 6], "points_per_cell_cuberoot": 2},
+    "optimization": {"num_animations": 2, "num_timesteps": 3, "iterations": 2, "device": "cpu"},
+}
+EPISODE_FIELDS = {
+    "episode",
+    "mass_loss_before",
+    "mass_loss_after",
+    "chamfer_before",
+    "chamfer_after",
+    "J_min",
+    "J_mean",
+    "seconds",
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_morph_writes_every_output(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["morph", str(tiny_config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Chamfer" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"device", "torch_version", "num_particles", "config", "episodes"} <= set(summary)
+    assert len(summary["episodes"]) == 2
+    for record in summary["episodes"]:
+        assert set(record) >= EPISODE_FIELDS
+        assert record["mass_loss_after"] <= record["mass_loss_before"]
+        folder = out / f"ep{record['episode']:03d}"
+        for name in ("trajectory.npz", "final.ply", "comparison.png"):
+            assert (folder / name).is_file(), name
+        trajectory = np.load(folder / "trajectory.npz")
+        assert trajectory["x"].shape == (4, summary["num_particles"], 3) and trajectory["x"].dtype == np.float32
+        assert trajectory["F"].shape == (4, summary["num_particles"], 3, 3)
+    assert (out / "loss.png").is_file()
+    assert (out / "morph.mp4").is_file() or (out / "morph.gif").is_file()
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*tmp*"))
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    runner = CliRunner()
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert runner.invoke(app, ["morph", str(tiny_config), "--out", str(whole)]).exit_code == 0
+    assert runner.invoke(app, ["morph", str(tiny_config), "--out", str(split), "--episodes", "1"]).exit_code == 0
+    resumed = runner.invoke(app, ["morph", str(tiny_config), "--out", str(split), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    a = json.loads((whole / "summary.json").read_text())["episodes"]
+    b = json.loads((split / "summary.json").read_text())["episodes"]
+    assert [e["loss_history"] for e in a] == [e["loss_history"] for e in b]
+    np.testing.assert_array_equal(
+        np.load(whole / "ep001" / "state.npz")["positions"], np.load(split / "ep001" / "state.npz")["positions"]
+    )
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "simulation": {"dt": 0.0}}))
+    result = CliRunner().invoke(app, ["morph", str(path), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "simulation.dt" in result.output and "Traceback" not in result.output
+
+
+def test_simulate_writes_trajectory_ply_and_previews(tmp_path):
+    path = tmp_path / "drop.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"shape": "box", "params": {"extents": [3.0, 3.0, 3.0]}},
+                "simulation": {
+                    "grid_min_point": [-6, -6, -6],
+                    "grid_max_point": [6, 6, 6],
+                    "external_force": [0, 0, -20],
+                },
+                "num_steps": 6,
+                "num_previews": 3,
+                "device": "cpu",
+            }
+        )
+    )
+    out = tmp_path / "sim"
+    result = CliRunner().invoke(app, ["simulate", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = np.load(out / "trajectory.npz")
+    assert data["x"].shape[0] == 7 and data["F"].shape[1:] == (data["x"].shape[1], 3, 3)
+    # gravity pulls the body down
+    assert data["x"][-1, :, 2].mean() < data["x"][0, :, 2].mean() - 0.01
+    assert (out / "final.ply").is_file() and (out / "preview.png").is_file()

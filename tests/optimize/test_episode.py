@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from physmorph.config import config_from_mapping
+from physmorph.optimize.episode import EpisodeProblem, optimize_adam, optimize_reference
+from physmorph.optimize.setup import build_setup
+
+SMALL = {
+    "source": {"shape": "sphere", "params": {"radius": 2.5}},
+    "target": {"shape": "ellipsoid", "params": {"radii": [3.5, 2.0, 2.0]}},
+    "simulation": {"grid_min_point": [-8, -8, -8], "grid_max_point": [8, 8, 8], "points_per_cell_cuberoot": 2},
+    "optimization": {"num_timesteps": 5, "iterations": 5, "learning_rate": 0.05, "device": "cpu", "passes": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def problem():
+    config = config_from_mapping(SMALL)
+    setup = build_setup(config, torch.device("cpu"))
+    assert 300 < setup.initial.num_particles < 600
+    return config, EpisodeProblem(setup.model, setup.initial, setup.target_grid_mass, 5, 1)
+
+
+def test_adam_halves_the_mass_loss_in_a_few_iterations(problem):
+    config, episode = problem
+    result = optimize_adam(episode, config.optimization)
+    assert result.loss_after <= 0.5 * result.loss_before
+    # the returned trajectory is the best controls' rollout
+    assert episode.loss(result.trajectory).item() == pytest.approx(result.loss_after, rel=1e-5)
+    assert result.controls.shape == (4, episode.initial.num_particles, 3, 3)
+
+
+def test_reference_line_search_never_accepts_an_increase(problem):
+    config, episode = problem
+    result = optimize_reference(episode, config.optimization)
+    assert len(result.losses) > 3
+    assert all(b < a for a, b in zip(result.losses, result.losses[1:]))
+    assert episode.loss(episode.rollout(result.controls)).item() == pytest.approx(result.losses[-1], rel=1e-5)

@@ -1,0 +1,68 @@
+import shutil
+import warnings
+
+import pytest
+
+from physmorph.config import UnusedKeysWarning, config_from_mapping, load_config
+from physmorph.errors import ConfigError, InputError
+from physmorph.optimize.setup import build_setup
+
+
+def test_reference_config_loads_unchanged_with_one_warning(shared_dir):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_config(shared_dir / "reference" / "sphere_to_bunny.yaml")
+    unused = [w for w in caught if issubclass(w.category, UnusedKeysWarning)]
+    assert len(unused) == 1 and "sampling" in str(unused[0].message) and "optimization.loss" in str(unused[0].message)
+    assert config.source.mesh == "assets/isosphere.obj" and config.target.mesh == "assets/bunny.obj"
+    assert config.simulation.lam == pytest.approx(38888.89) and config.simulation.smoothing_factor == 0.955
+    assert config.optimization.num_timesteps == 10 and config.optimization.max_ls_iters == 10
+    assert config.base_dir == (shared_dir / "reference").resolve()
+
+
+def test_shipped_reference_config_fills_the_reference_particle_count(shared_dir, tmp_path):
+    (tmp_path / "meshes").mkdir()
+    for name in ("isosphere.obj", "bunny.obj"):
+        shutil.copy(shared_dir / "meshes" / name, tmp_path / "meshes" / name)
+    shutil.copy("configs/sphere_to_bunny.yaml", tmp_path / "config.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setup = build_setup(load_config(tmp_path / "config.yaml"), device=__import__("torch").device("cpu"))
+    assert setup.initial.num_particles == 11166
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ({"simulaton": {}}, "unknown config key 'simulaton'"),
+        ({"simulation": {"dt": 0}}, "'simulation.dt' must be a positive time step"),
+        ({"simulation": {"dt": -0.1}}, "simulation.dt"),
+        ({"simulation": {"grid_dx": "one"}}, "simulation.grid_dx: expected a number"),
+        ({"simulation": {"stiffness": 3}}, "unknown config key 'simulation.stiffness'"),
+        ({"optimization": {"num_timesteps": 2, "control_stride": 5}}, "must be at least control_stride"),
+        ({"optimization": {"optimizer": "sgd"}}, "optimization.optimizer: 'sgd' is not one of"),
+        ({"simulation": {"youngs_modulus": 1000.0}}, "poisson_ratio must be given together"),
+    ],
+)
+def test_bad_configs_name_the_key(mapping, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
+        config_from_mapping(mapping)
+
+
+def test_missing_mesh_and_target_outside_grid(tmp_path):
+    import torch
+
+    config = config_from_mapping({"target": {"mesh": "nowhere/bunny.obj"}}, base_dir=tmp_path)
+    with pytest.raises(InputError, match="nowhere/bunny.obj' not found"):
+        build_setup(config, torch.device("cpu"))
+    far = config_from_mapping({"target": {"shape": "sphere", "params": {"radius": 4.0, "center": [14.0, 0.0, 0.0]}}})
+    with pytest.raises(InputError, match="target shape"):
+        build_setup(far, torch.device("cpu"))
+
+
+def test_missing_config_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("simulation: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
