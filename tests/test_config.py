@@ -1,3 +1,4 @@
+import re
 import shutil
 import warnings
 
@@ -45,7 +46,7 @@ def test_shipped_reference_config_fills_the_reference_particle_count(shared_dir,
     ],
 )
 def test_bad_configs_name_the_key(mapping, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_mapping(mapping)
 
 

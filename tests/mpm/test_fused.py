@@ -196,4 +196,5 @@ def test_unsupported_settings_run_the_reference(overrides):
     fused = _run(fused_step, grid, t, boundary, True, True, **overrides)
     reference = _run(step, grid, t, boundary, True, True, **overrides)
     for a, b in zip(fused, reference):
-        assert torch.equal(a, b)
+        # the reference's CUDA index_add sums in a run-dependent order
+        assert _relative(a, b) < 1e-12

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from physmorph.config import OptimizationConfig
-from physmorph.errors import InputError
+from physmorph.errors import ConfigError, InputError
 from physmorph.io.targets import load_image_targets, save_image_targets
 from physmorph.losses.render_losses import RenderLossConfig
 from physmorph.mpm import Grid, Material, Model, State, grid_volume_estimate, splat_mass
@@ -85,7 +85,7 @@ def test_silhouette_gradient_matches_finite_differences():
 
     def loss(controls, mu):
         material = Material(base.lam, mu, base.density, base.model)
-        return e2e_loss(problem, objective, controls, material)[0]
+        return e2e_loss(problem, objective, controls, material).loss
 
     generator = torch.Generator().manual_seed(0)
     controls = 0.05 * torch.randn(
@@ -201,3 +201,21 @@ def test_objective_input_errors():
         )
     with pytest.raises(InputError, match="supervised step 7 is outside"):
         RenderObjective.build(binding, targets, SILHOUETTE_ONLY, source, F, 3, (7,))
+    nothing = RenderLossConfig(enabled=False, w_phys=0.0)
+    with pytest.raises(ConfigError, match="nothing to optimise"):
+        optimize_e2e(problem, binding, targets, nothing, OptimizationConfig(), render_settings=RENDER)
+
+
+def test_linear_schedule_starts_render_only_training_at_zero_weight():
+    source = _ball()
+    problem = _problem(source, source * 1.2)
+    targets = target_images_from_particles(source * 1.2, _camera(), SURFACE, RENDER)
+    scheduled = dataclasses.replace(SILHOUETTE_ONLY, schedule="linear")
+    settings = OptimizationConfig(iterations=3, learning_rate=0.01, patience=3)
+    result = optimize_e2e(problem, _binding(source), targets, scheduled, settings, render_settings=RENDER)
+    # weight 0 at progress 0: the first step does not move; later steps improve the silhouette,
+    # and the best iterate is judged with the full weights
+    assert result.losses[1] == pytest.approx(result.losses[0], rel=1e-12)
+    assert result.losses[-1] < result.losses[0]
+    assert result.loss_after == result.losses[-1]
+    assert result.controls.abs().max() > 0

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 
 from physmorph.config import OptimizationConfig
-from physmorph.errors import InputError, SimulationDiverged
+from physmorph.errors import ConfigError, InputError, SimulationDiverged
 from physmorph.io.targets import TargetImages
 from physmorph.losses.render_losses import (
     RenderLossConfig,
@@ -178,13 +178,12 @@ class RenderObjective:
         )
 
     def __call__(
-        self, trajectory: Trajectory, progress: float = 1.0
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Images]]:
-        """Weighted sum of the render terms at training `progress` ∈ [0, 1], the unweighted terms
-        (summed over supervised steps) and the images of each supervised step."""
-        weights = self.losses.weights(progress)
+        self, trajectory: Trajectory
+    ) -> tuple[dict[str, torch.Tensor], list[Images]]:
+        """The unweighted render terms whose configured weight is non-zero (each summed over the
+        supervised steps) and the images of each supervised step."""
+        weights = self.losses.weights(1.0)
         positions = trajectory.positions
-        total = torch.zeros((), dtype=positions.dtype, device=positions.device)
         terms: dict[str, torch.Tensor] = {}
         all_images = []
         for step, target, edges in zip(self.steps, self.targets, self.edges):
@@ -198,8 +197,7 @@ class RenderObjective:
             all_images.append(images)
             for name, value in self._terms(gaussians, images, target, edges, weights).items():
                 terms[name] = terms.get(name, 0.0) + value
-                total = total + weights[name] * value
-        return total, terms, all_images
+        return terms, all_images
 
     def _terms(
         self,
@@ -279,7 +277,8 @@ def _material(base: Material, kind: MaterialParameters, parameters: list[torch.T
 class E2EResult:
     """Best controls [K, N, 3, 3] and material, their trajectory and the history of the run.
 
-    losses:  total loss per iteration (the first: zero controls, initial material)
+    losses:  objective (full, unscheduled weights) per iteration; the first: zero controls,
+             initial material; the best of them chose the result
     terms:   unweighted loss terms per iteration ('phys' and the render terms)
     metrics: per supervised step, per-view 'iou' (and 'psnr' when targets have colour) of the result
     """
@@ -300,25 +299,47 @@ class E2EResult:
         return min(self.losses)
 
 
+@dataclass
+class E2EEvaluation:
+    """One forward pass of end-to-end training.
+
+    loss:       w_phys · mass loss + Σ scheduled weight · render term (differentiable)
+    objective:  the same with the full (unscheduled) weights: comparable across iterations
+    terms:      unweighted terms by name ('phys', 'alpha', 'depth', ...)
+    trajectory: the rollout
+    images:     rendered images of each supervised step
+    """
+
+    loss: torch.Tensor
+    objective: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    trajectory: Trajectory
+    images: list[Images]
+
+
 def e2e_loss(
     problem: EpisodeProblem,
     objective: RenderObjective,
     controls: torch.Tensor,
     material: Material | None = None,
     progress: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], Trajectory, list[Images]]:
-    """w_phys · mass loss + render objective for `controls` [K, N, 3, 3] and `material` (default
-    the problem's): one graph back to the controls and any material tensor requiring grad."""
+) -> E2EEvaluation:
+    """w_phys · mass loss + weighted render terms at training `progress` ∈ [0, 1] for `controls`
+    [K, N, 3, 3] and `material` (default the problem's): one graph back to the controls and any
+    material tensor requiring grad."""
     if material is not None:
         problem = dataclasses.replace(problem, model=problem.model.with_material(material))
     trajectory = problem.rollout(controls)
-    total, terms, images = objective(trajectory, progress)
-    w_phys = objective.losses.w_phys
-    if w_phys > 0:
-        physics = problem.loss(trajectory)
-        terms = {"phys": physics, **terms}
-        total = total + w_phys * physics
-    return total, terms, trajectory, images
+    terms, images = objective(trajectory)
+    losses = objective.losses
+    if losses.w_phys > 0:
+        terms = {"phys": problem.loss(trajectory), **terms}
+    scheduled = {"phys": losses.w_phys, **losses.weights(progress)}
+    full = {"phys": losses.w_phys, **losses.weights(1.0)}
+    zero = torch.zeros((), dtype=controls.dtype, device=controls.device)
+    loss = sum((scheduled[name] * value for name, value in terms.items()), zero)
+    value = sum((full[name] * value.detach() for name, value in terms.items()), zero)
+    return E2EEvaluation(loss, value, terms, trajectory, images)
 
 
 def optimize_e2e(
@@ -346,6 +367,11 @@ def optimize_e2e(
     kept. With losses.enabled false or all render weights 0 this is physics-only; w_phys = 0
     is render-only.
     """
+    if losses.w_phys == 0 and not any(losses.weights(1.0).values()):
+        raise ConfigError(
+            "optimization.loss: w_phys is 0 and every render weight is 0 (or enabled is false), "
+            "so there is nothing to optimise; set w_phys > 0 or enable a render term"
+        )
     objective = RenderObjective.build(
         binding,
         targets,
@@ -383,15 +409,17 @@ def optimize_e2e(
     for iteration in range(settings.iterations + 1):
         fraction = training_progress(iteration, settings.iterations)
         try:
-            loss, terms, _, _ = e2e_loss(
+            evaluation = e2e_loss(
                 problem,
                 objective,
                 controls,
                 _material(base_material, material, material_parameters),
                 fraction,
             )
-            value = loss.item()
-            term_history.append({name: float(term.detach()) for name, term in terms.items()})
+            value = evaluation.objective.item()
+            term_history.append(
+                {name: float(term.detach()) for name, term in evaluation.terms.items()}
+            )
         except SimulationDiverged:
             value = math.inf
             term_history.append({})
@@ -418,15 +446,16 @@ def optimize_e2e(
         ratio = settings.final_learning_rate_ratio
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * (ratio + (1 - ratio) * cosine)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if evaluation.loss.requires_grad:  # false when no weighted term applies (no depth target)
+            optimizer.zero_grad(set_to_none=True)
+            evaluation.loss.backward()
+            optimizer.step()
 
     best_controls, best_material = best[0], _material(base_material, material, best[1:])
     with torch.no_grad():
-        _, _, trajectory, images = e2e_loss(problem, objective, best_controls, best_material)
+        final = e2e_loss(problem, objective, best_controls, best_material)
     metrics = [
-        view_metrics(view_images, target) for view_images, target in zip(images, objective.targets)
+        view_metrics(images, target) for images, target in zip(final.images, objective.targets)
     ]
     if material != "none":
         best_material = Material(
@@ -435,4 +464,6 @@ def optimize_e2e(
             base_material.density,
             base_material.model,
         )
-    return E2EResult(best_controls, best_material, trajectory, history, term_history, metrics)
+    return E2EResult(
+        best_controls, best_material, final.trajectory, history, term_history, metrics
+    )

@@ -169,93 +169,120 @@ def _block_indices(plan: _TilePlan, tiles: torch.Tensor, start: int, length: int
     return torch.where(slot < plan.counts[tiles][:, None], index, plan.intersections)
 
 
-def _block_alphas(
-    basis: torch.Tensor, coefficients: torch.Tensor, opacities: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Falloff exp(−σ), unclamped alpha o·exp(−σ) and the composited alpha, each [tc, P, kb]."""
-    sigma = torch.matmul(basis, coefficients.transpose(1, 2))
-    falloff = torch.exp(-sigma)
-    raw = opacities[:, None, :] * falloff
-    alpha = torch.where(raw >= MIN_ALPHA, raw.clamp(max=MAX_ALPHA), 0.0)
-    return falloff, raw, alpha
+def _falloff(basis: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """exp(−σ) [tc, P, kb] of each block Gaussian at each tile pixel (σ = basis · coefficients)."""
+    return torch.matmul(basis, coefficients.transpose(1, 2)).neg_().exp_()
+
+
+def _clamped(raw: torch.Tensor) -> torch.Tensor:
+    """Alpha used for compositing: 0 below 1/255, at most 0.99 (a new tensor)."""
+    return raw.masked_fill(raw < MIN_ALPHA, 0.0).clamp_(max=MAX_ALPHA)
+
+
+def _stopped(inclusive: torch.Tensor) -> torch.Tensor | None:
+    """Mask of Gaussians at or past the one that takes transmittance to 1e-4, or None if none."""
+    if bool(torch.all(inclusive[..., -1] > _LOG_MIN_TRANSMITTANCE)):
+        return None
+    return inclusive <= _LOG_MIN_TRANSMITTANCE
 
 
 class _Composite(torch.autograd.Function):
     """Front-to-back compositing of sorted intersections per tile, with a hand-written backward
-    that recomputes alphas block by block so memory stays bounded by the chunk size."""
+    that recomputes alphas block by block so memory stays bounded by the chunk size.
+
+    Per pixel and block: α_k from the falloff, log T_k⁺ = Σ_{j<=k} log(1−α_j) (inclusive),
+    T_k = exp(log T_k⁺)/(1−α_k), w_k = α_k T_k; the feature channels carry an extra column of
+    ones so the same matrix product gives alpha = Σ w_k.
+    """
 
     @staticmethod
     def forward(ctx, coefficients, opacities, features, plan):  # type: ignore[override]
         pad = lambda t: torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # noqa: E731
-        coefficients, opacities, features = pad(coefficients), pad(opacities), pad(features)
+        coefficients, opacities = pad(coefficients), pad(opacities)
+        features = pad(torch.cat([features, features.new_ones(features.shape[0], 1)], -1))
         pixels = plan.pixel_basis.shape[0]
         image = features.new_zeros(plan.tile_count, pixels, features.shape[1])
-        log_transmittance = features.new_zeros(plan.tile_count, pixels)
         for tiles, longest, block in plan.chunks:
-            log_all = features.new_zeros(tiles.shape[0], pixels)
-            log_kept = torch.zeros_like(log_all)
+            log_all = features.new_zeros(tiles.shape[0], pixels, 1)
             accumulated = features.new_zeros(tiles.shape[0], pixels, features.shape[1])
             for start in range(0, longest, block):
                 index = _block_indices(plan, tiles, start, block)
-                _, _, alpha = _block_alphas(plan.pixel_basis, coefficients[index], opacities[index])
+                raw = _falloff(plan.pixel_basis, coefficients[index]).mul_(opacities[index][:, None])
+                alpha = raw.masked_fill_(raw < MIN_ALPHA, 0.0).clamp_(max=MAX_ALPHA)
                 log_step = torch.log1p(-alpha)
-                inclusive = log_all[:, :, None] + torch.cumsum(log_step, -1)
-                kept = inclusive > _LOG_MIN_TRANSMITTANCE
-                weight = torch.where(kept, alpha * torch.exp(inclusive - log_step), 0.0)
-                accumulated += torch.bmm(weight, features[index])
-                log_kept += torch.where(kept, log_step, 0.0).sum(-1)
-                log_all = inclusive[:, :, -1]
-                if not bool((log_all > _LOG_MIN_TRANSMITTANCE).any()):
+                inclusive = torch.cumsum(log_step, -1).add_(log_all)
+                weight = torch.sub(inclusive, log_step).exp_().mul_(alpha)
+                stopped = _stopped(inclusive)
+                if stopped is not None:
+                    weight.masked_fill_(stopped, 0.0)
+                accumulated.baddbmm_(weight, features[index])
+                log_all = inclusive[:, :, -1:].clone()
+                if stopped is not None and bool(stopped[:, :, -1].all()):
                     break
             image[tiles] = accumulated
-            log_transmittance[tiles] = log_kept
-        alpha_image = 1.0 - torch.exp(log_transmittance)
         ctx.plan = plan
-        ctx.save_for_backward(coefficients, opacities, features, image, alpha_image)
-        return image, alpha_image
+        ctx.save_for_backward(coefficients, opacities, features, image)
+        return image[..., :-1], image[..., -1]
 
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):  # type: ignore[override]
         plan = ctx.plan
-        coefficients, opacities, features, image, alpha_image = ctx.saved_tensors
+        coefficients, opacities, features, image = ctx.saved_tensors
+        grad_outputs = torch.cat([grad_image, grad_alpha[..., None]], -1)
         grad_coefficients = torch.zeros_like(coefficients)
         grad_opacities = torch.zeros_like(opacities)
         grad_features = torch.zeros_like(features)
         basis = plan.pixel_basis
         pixels = basis.shape[0]
         for tiles, longest, block in plan.chunks:
-            grad_color = grad_image[tiles]
-            grad_cover = grad_alpha[tiles]
+            grad_tile = grad_outputs[tiles]
             # Σ_j w_j q_j over all of a pixel's Gaussians, from the forward outputs.
-            total = (image[tiles] * grad_color).sum(-1) + alpha_image[tiles] * grad_cover
-            log_all = features.new_zeros(tiles.shape[0], pixels)
+            total = (image[tiles] * grad_tile).sum(-1, keepdim=True)
+            log_all = features.new_zeros(tiles.shape[0], pixels, 1)
             running = torch.zeros_like(log_all)
             for start in range(0, longest, block):
                 index = _block_indices(plan, tiles, start, block)
-                block_features = features[index]
-                falloff, raw, alpha = _block_alphas(basis, coefficients[index], opacities[index])
+                block_opacities = opacities[index][:, None]
+                falloff = _falloff(basis, coefficients[index])
+                raw = falloff * block_opacities
+                alpha = _clamped(raw)
                 log_step = torch.log1p(-alpha)
-                inclusive = log_all[:, :, None] + torch.cumsum(log_step, -1)
-                kept = inclusive > _LOG_MIN_TRANSMITTANCE
-                transmittance = torch.exp(inclusive - log_step)
-                weight = torch.where(kept, alpha * transmittance, 0.0)
-                # q_k = ∂L/∂(w_k): colour gradient · c_k plus the alpha gradient.
-                q = torch.bmm(grad_color, block_features.transpose(1, 2)) + grad_cover[:, :, None]
-                prefix = running[:, :, None] + torch.cumsum(weight * q, -1)
+                inclusive = torch.cumsum(log_step, -1).add_(log_all)
+                inverse = torch.rsub(alpha, 1.0).reciprocal_()
+                transmittance = torch.exp(inclusive).mul_(inverse)
+                weight = alpha * transmittance
+                stopped = _stopped(inclusive)
+                if stopped is not None:
+                    weight.masked_fill_(stopped, 0.0)
+                # q_k = ∂L/∂w_k = (colour gradient)·c_k + alpha gradient (the ones column).
+                q = torch.bmm(grad_tile, features[index].transpose(1, 2))
+                prefix = torch.cumsum(weight * q, -1).add_(running)
                 # ∂L/∂α_k = T_k q_k − (Σ_{j>k} w_j q_j) / (1 − α_k)
-                grad_step = transmittance * q - (total[:, :, None] - prefix) / (1.0 - alpha)
-                live = kept & (raw >= MIN_ALPHA) & (raw < MAX_ALPHA)
-                grad_step = torch.where(live, grad_step, 0.0)
+                grad_step = transmittance.mul_(q).sub_(prefix.neg().add_(total).mul_(inverse))
+                dead = alpha != raw  # clamped or skipped: no gradient to o or σ
+                if stopped is not None:
+                    dead |= stopped
+                grad_falloff = grad_step.masked_fill_(dead, 0.0).mul_(falloff)
+                # Column 0 of the basis is 1, so column 0 of the moments is ∂L/∂o.
+                moments = torch.bmm(grad_falloff.transpose(1, 2), basis.expand(len(tiles), -1, -1))
                 flat = index.reshape(-1)
-                grad_opacities[flat] = (grad_step * falloff).sum(1).reshape(-1)
-                grad_sigma = -(grad_step * raw)
-                grad_coefficients[flat] = torch.matmul(grad_sigma.transpose(1, 2), basis).reshape(-1, 6)
-                grad_features[flat] = torch.bmm(weight.transpose(1, 2), grad_color).reshape(-1, features.shape[1])
-                running = prefix[:, :, -1]
-                log_all = inclusive[:, :, -1]
-                if not bool((log_all > _LOG_MIN_TRANSMITTANCE).any()):
+                grad_opacities[flat] = moments[..., 0].reshape(-1)
+                grad_coefficients[flat] = (-moments * block_opacities.transpose(1, 2)).reshape(-1, 6)
+                grad_features[flat] = torch.bmm(weight.transpose(1, 2), grad_tile).reshape(-1, features.shape[1])
+                running = prefix[:, :, -1:].clone()
+                log_all = inclusive[:, :, -1:].clone()
+                if stopped is not None and bool(stopped[:, :, -1].all()):
                     break
-        return grad_coefficients[:-1], grad_opacities[:-1], grad_features[:-1], None
+        return grad_coefficients[:-1], grad_opacities[:-1], grad_features[:-1, :-1], None
+
+
+def choose_tile_size(radii: torch.Tensor) -> int:
+    """Tile side (4, 8 or 16 px) near the median footprint radius [V, 2]: small tiles waste
+    fewer pixel evaluations on small Gaussians, large tiles make fewer intersections."""
+    if radii.shape[0] == 0:
+        return 16
+    median = float(radii.max(-1).values.median())
+    return 4 if median <= 5 else 8 if median <= 12 else 16
 
 
 def rasterize(
@@ -264,7 +291,7 @@ def rasterize(
     features: torch.Tensor,
     width: int,
     height: int,
-    tile_size: int = 16,
+    tile_size: int | None = None,
     chunk_elements: int = 1 << 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite projected Gaussians front to back (sorted by centre depth per tile).
@@ -273,8 +300,11 @@ def rasterize(
     Per pixel, α_i = min(0.99, o_i exp(−½ dᵀ Q_i d)) (skipped below 1/255), w_i = α_i Π_{j<i}(1−α_j),
     stopping before transmittance falls to 1e-4.
     Returns the premultiplied feature image Σ w_i f_i [H, W, D] and alpha Σ w_i [H, W].
-    chunk_elements bounds the (tiles × pixels × Gaussians) block evaluated at once.
+    tile_size: pixels per tile side (None: choose_tile_size); chunk_elements bounds the
+    (tiles × pixels × Gaussians) block evaluated at once.
     """
+    if tile_size is None:
+        tile_size = choose_tile_size(projection.radii)
     plan, gaussian, tile = _plan_tiles(
         projection.means2d.detach(),
         projection.radii,

@@ -88,7 +88,7 @@ def _render_torch(
     cameras: Cameras,
     width: int,
     height: int,
-    tile_size: int,
+    tile_size: int | None,
     chunk_elements: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Premultiplied features [C, H, W, D] (rgb, depth, normals) and alpha [C, H, W]."""
@@ -132,7 +132,7 @@ def _render_gsplat(
     cameras: Cameras,
     width: int,
     height: int,
-    tile_size: int,
+    tile_size: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as _render_torch through gsplat's CUDA rasteriser."""
     import gsplat
@@ -155,7 +155,7 @@ def _render_gsplat(
         far_plane=cameras.zfar,
         eps2d=0.3,
         packed=False,
-        tile_size=tile_size,
+        tile_size=16 if tile_size is None else tile_size,
         render_mode="RGB+D",
         covars=covariances,
     )
@@ -174,7 +174,7 @@ def render(
     default_color: Sequence[float] = DEFAULT_COLOR,
     default_opacity: float = 1.0,
     backend: Backend = "auto",
-    tile_size: int = 16,
+    tile_size: int | None = None,
     chunk_elements: int = 1 << 20,
 ) -> Images:
     """Render M Gaussians into C cameras; differentiable w.r.t. means, covariances, colours,
@@ -188,7 +188,8 @@ def render(
     shading: lighting applied per Gaussian and camera before splatting (None: flat albedo).
     backend: "torch" (pure PyTorch, any device and dtype), "gsplat" (CUDA, float32) or "auto"
       (gsplat when importable and the tensors are float32 on CUDA, else torch).
-    tile_size: pixels per tile side; chunk_elements: work-block size of the torch backend.
+    tile_size: pixels per tile side (None: 16 for gsplat; for torch 4, 8 or 16 from the median
+      footprint); chunk_elements: work-block size (tiles × pixels × Gaussians) of the torch backend.
     """
     count = _check(gaussians)
     means = gaussians.means

@@ -15,6 +15,9 @@ from physmorph.mpm.state import Model
 NEWTON_ITERATIONS = 8
 PARTICLE_BLOCK = 128
 PARTICLE_WARPS = 4
+# The scattering kernels scan runs of particles that share a cell within a block.
+SCAN_BLOCK = 128
+SCAN_WARPS = 4
 NODE_BLOCK = 1024
 # The reference's occupied-node threshold and the guard of det F̂ in J F̂⁻ᵀ.
 MASS_THRESHOLD = 1e-12
@@ -65,6 +68,16 @@ def _launch_grid(n: int, block: int) -> tuple[int]:
     return ((n + block - 1) // block,)
 
 
+def cell_order(x: torch.Tensor, prm: torch.Tensor, settings: StepSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Particles sorted by their base stencil node: (order [N] int32, sorted keys [N] int32)."""
+    n = x.shape[0]
+    nx, ny, nz = settings.dims
+    keys = torch.empty(n, dtype=torch.int32, device=x.device)
+    kernels.cell_keys[_launch_grid(n, NODE_BLOCK)](x, prm, keys, n, nx, ny, nz, BLOCK=NODE_BLOCK, num_warps=4)
+    sorted_keys, order = torch.sort(keys)
+    return order.to(torch.int32), sorted_keys
+
+
 class FusedStep(torch.autograd.Function):
     """(x, v, F, C, ΔF, f, λ, μ, m, V, drag, f_ext) → (x', v', F', C') with the hand adjoint.
 
@@ -80,14 +93,15 @@ class FusedStep(torch.autograd.Function):
         grid = torch.zeros(nx * ny * nz, 4, dtype=x.dtype, device=x.device)
         control = dF if dF is not None else F
         particle_force = force if force is not None else x
-        launch = _launch_grid(n, PARTICLE_BLOCK)
-        kernels.p2g_forward[launch](
+        order, keys = cell_order(x, prm, settings)
+        kernels.p2g_forward[_launch_grid(n, SCAN_BLOCK)](
             x, v, F, C, control, particle_force,
             lam, lam.stride(0), mu, mu.stride(0), masses, masses.stride(0), volumes, volumes.stride(0),
-            drag, prm, grid, n, nx, ny, nz,
+            drag, prm, grid, order, keys, n, nx, ny, nz,
             HAS_CONTROL=dF is not None, HAS_FORCE=force is not None, NEWTON=NEWTON_ITERATIONS,
-            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+            BLOCK=SCAN_BLOCK, num_warps=SCAN_WARPS,
         )
+        launch = _launch_grid(n, PARTICLE_BLOCK)
         x_new = torch.empty_like(x)
         v_new = torch.empty_like(x)
         F_new = torch.empty_like(F)
@@ -97,13 +111,17 @@ class FusedStep(torch.autograd.Function):
             HAS_CONTROL=dF is not None, CELLS=settings.cells, BOUNDARY=settings.boundary,
             BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
         )
-        ctx.save_for_backward(x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm)
+        ctx.save_for_backward(
+            x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm, order, keys
+        )
         ctx.settings = settings
         return x_new, v_new, F_new, C_new
 
     @staticmethod
     def backward(ctx, g_x, g_v, g_F, g_C):  # type: ignore[override]
-        x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm = ctx.saved_tensors
+        x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm, order, keys = (
+            ctx.saved_tensors
+        )
         settings = ctx.settings
         n = x.shape[0]
         nx, ny, nz = settings.dims
@@ -114,11 +132,11 @@ class FusedStep(torch.autograd.Function):
         grad_grid = torch.zeros_like(grid)
         gx_part = torch.empty_like(x)
         gFh_part = torch.empty_like(F)
-        kernels.g2p_backward[launch](
+        kernels.g2p_backward[_launch_grid(n, SCAN_BLOCK)](
             x, F, control, grid, external_force, prm, g_x, g_v, g_F, g_C,
-            grad_grid, gx_part, gFh_part, n, nx, ny, nz,
+            grad_grid, gx_part, gFh_part, order, keys, n, nx, ny, nz,
             HAS_CONTROL=dF is not None, CELLS=settings.cells, BOUNDARY=settings.boundary,
-            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+            BLOCK=SCAN_BLOCK, num_warps=SCAN_WARPS,
         )
         grad_external = torch.zeros(3, dtype=x.dtype, device=x.device)
         kernels.grid_backward[_launch_grid(grid.shape[0], NODE_BLOCK)](
