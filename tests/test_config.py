@@ -54,7 +54,7 @@ def test_missing_mesh_and_target_outside_grid(tmp_path):
     import torch
 
     config = config_from_mapping({"target": {"mesh": "nowhere/bunny.obj"}}, base_dir=tmp_path)
-    with pytest.raises(InputError, match="nowhere/bunny.obj' not found"):
+    with pytest.raises(InputError, match=r"nowhere/bunny\.obj' not found"):
         build_setup(config, torch.device("cpu"))
     far = config_from_mapping({"target": {"shape": "sphere", "params": {"radius": 4.0, "center": [14.0, 0.0, 0.0]}}})
     with pytest.raises(InputError, match="target shape"):
