@@ -44,9 +44,8 @@ def main() -> None:
     setup = build_setup(config, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; particles: {setup.initial.num_particles}; torch {torch.__version__}")
-    print(
-        f"{'optimizer':>10} | {'episode':>7} | {'seconds':>8} | {'mass loss before→after':>24} | {'Chamfer before→after':>21}"
-    )
+    header = ("optimizer", "episode", "seconds", "mass loss before→after", "Chamfer before→after")
+    print(" | ".join(f"{h:>{w}}" for h, w in zip(header, (10, 7, 8, 24, 21))))
     for optimizer_name in arguments.optimizers.split(","):
         optimizer = optimize_adam if optimizer_name == "adam" else optimize_reference
         state = setup.initial
