@@ -203,7 +203,9 @@ def test_objective_input_errors():
         RenderObjective.build(binding, targets, SILHOUETTE_ONLY, source, F, 3, (7,))
     nothing = RenderLossConfig(enabled=False, w_phys=0.0)
     with pytest.raises(ConfigError, match="nothing to optimise"):
-        optimize_e2e(problem, binding, targets, nothing, OptimizationConfig(), render_settings=RENDER)
+        optimize_e2e(
+            problem, binding, targets, nothing, OptimizationConfig(), render_settings=RENDER
+        )
 
 
 def test_linear_schedule_starts_render_only_training_at_zero_weight():
@@ -212,7 +214,9 @@ def test_linear_schedule_starts_render_only_training_at_zero_weight():
     targets = target_images_from_particles(source * 1.2, _camera(), SURFACE, RENDER)
     scheduled = dataclasses.replace(SILHOUETTE_ONLY, schedule="linear")
     settings = OptimizationConfig(iterations=3, learning_rate=0.01, patience=3)
-    result = optimize_e2e(problem, _binding(source), targets, scheduled, settings, render_settings=RENDER)
+    result = optimize_e2e(
+        problem, _binding(source), targets, scheduled, settings, render_settings=RENDER
+    )
     # weight 0 at progress 0: the first step does not move; later steps improve the silhouette,
     # and the best iterate is judged with the full weights
     assert result.losses[1] == pytest.approx(result.losses[0], rel=1e-12)

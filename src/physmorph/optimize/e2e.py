@@ -177,9 +177,7 @@ class RenderObjective:
             binding, target_list, steps, losses, settings or RenderSettings(), edges, neighbors
         )
 
-    def __call__(
-        self, trajectory: Trajectory
-    ) -> tuple[dict[str, torch.Tensor], list[Images]]:
+    def __call__(self, trajectory: Trajectory) -> tuple[dict[str, torch.Tensor], list[Images]]:
         """The unweighted render terms whose configured weight is non-zero (each summed over the
         supervised steps) and the images of each supervised step."""
         weights = self.losses.weights(1.0)
@@ -337,9 +335,9 @@ def e2e_loss(
     scheduled = {"phys": losses.w_phys, **losses.weights(progress)}
     full = {"phys": losses.w_phys, **losses.weights(1.0)}
     zero = torch.zeros((), dtype=controls.dtype, device=controls.device)
-    loss = sum((scheduled[name] * value for name, value in terms.items()), zero)
-    value = sum((full[name] * value.detach() for name, value in terms.items()), zero)
-    return E2EEvaluation(loss, value, terms, trajectory, images)
+    loss = sum((scheduled[name] * term for name, term in terms.items()), zero)
+    unscheduled = sum((full[name] * term.detach() for name, term in terms.items()), zero)
+    return E2EEvaluation(loss, unscheduled, terms, trajectory, images)
 
 
 def optimize_e2e(
@@ -464,6 +462,4 @@ def optimize_e2e(
             base_material.density,
             base_material.model,
         )
-    return E2EResult(
-        best_controls, best_material, final.trajectory, history, term_history, metrics
-    )
+    return E2EResult(best_controls, best_material, final.trajectory, history, term_history, metrics)
