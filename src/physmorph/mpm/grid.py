@@ -84,16 +84,32 @@ def quadratic_bspline(distance: torch.Tensor) -> torch.Tensor:
 class Stencil:
     """The grid nodes each particle talks to, with their interpolation weights.
 
-    node_index: [N, S] flat node indices (S = 64 cubic, 27 quadratic), clamped into the grid
-    weight:     [N, S] w_ip = N(Δx/dx) N(Δy/dx) N(Δz/dx), differentiable in the positions
-    offset:     [N, S, 3] x_i − x_p, grid units, differentiable in the positions
-    outside:    [N] bool, particles whose stencil leaves the grid (their indices were clamped)
+    The S = K³ nodes (K = 4 cubic, 3 quadratic) are ordered (i, j, k) with k fastest, so any
+    [N, S, ...] tensor reshapes to [N, K, K, K, ...] with one axis per spatial direction.
+
+    node_index:  [N, S] flat node indices, clamped into the grid
+    weight:      [N, S] w_ip = N(Δx/dx) N(Δy/dx) N(Δz/dx), differentiable in the positions
+    axis_offset: [N, 3, K] per axis, the node coordinate minus the particle's, grid units
+    outside:     [N] bool, particles whose stencil leaves the grid (their indices were clamped)
     """
 
     node_index: torch.Tensor
     weight: torch.Tensor
-    offset: torch.Tensor
+    axis_offset: torch.Tensor
     outside: torch.Tensor
+
+    @property
+    def support(self) -> int:
+        return int(self.axis_offset.shape[-1])
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """x_i − x_p for every stencil node, [N, S, 3], grid units."""
+        o = self.axis_offset
+        n = o.shape[0]
+        return torch.stack(
+            torch.broadcast_tensors(o[:, 0, :, None, None], o[:, 1, None, :, None], o[:, 2, None, None, :]), dim=-1
+        ).reshape(n, -1, 3)
 
 
 def stencil(positions: torch.Tensor, grid: Grid, kernel: Kernel = "cubic") -> Stencil:
@@ -117,10 +133,13 @@ def stencil(positions: torch.Tensor, grid: Grid, kernel: Kernel = "cubic") -> St
     spline = cubic_bspline if kernel == "cubic" else quadratic_bspline
     axis_weight = spline(distance)
 
-    i, j, k = torch.meshgrid(ticks, ticks, ticks, indexing="ij")
-    i, j, k = i.reshape(-1), j.reshape(-1), k.reshape(-1)
-    weight = axis_weight[:, 0, i] * axis_weight[:, 1, j] * axis_weight[:, 2, k]
-    offset = torch.stack((distance[:, 0, i], distance[:, 1, j], distance[:, 2, k]), dim=-1) * grid.dx
+    # Outer products over the three axes give the S = support³ stencil nodes in (i, j, k) order.
+    n = positions.shape[0]
+    weight = (
+        axis_weight[:, 0, :, None, None] * axis_weight[:, 1, None, :, None] * axis_weight[:, 2, None, None, :]
+    ).reshape(n, -1)
     ny, nz = grid.dims[1], grid.dims[2]
-    node_index = ((base[:, 0:1] + i) * ny + (base[:, 1:2] + j)) * nz + (base[:, 2:3] + k)
-    return Stencil(node_index, weight, offset, outside)
+    base_index = (base[:, 0:1] * ny + base[:, 1:2]) * nz + base[:, 2:3]
+    node_offsets = ((ticks[:, None, None] * ny + ticks[None, :, None]) * nz + ticks[None, None, :]).reshape(-1)
+    node_index = base_index + node_offsets
+    return Stencil(node_index, weight, distance * grid.dx, outside)

@@ -68,7 +68,15 @@ def particles_to_grid(
     momentum = masses[:, None] * state.velocities * (1.0 - dt * model.drag)
     if force is not None:
         momentum = momentum + dt * force
-    node_momentum = st.weight.unsqueeze(-1) * (momentum.unsqueeze(1) + torch.einsum("nij,nsj->nsi", affine, st.offset))
+    # affine · (x_i − x_p) is separable: one [N, K, 3] term per axis, broadcast over the K³ nodes.
+    K, o = st.support, st.axis_offset
+    along = [affine[:, None, :, axis] * o[:, axis, :, None] for axis in range(3)]
+    node_momentum = (
+        momentum[:, None, None, None, :]
+        + along[0][:, :, None, None, :]
+        + along[1][:, None, :, None, :]
+        + along[2][:, None, None, :, :]
+    ) * st.weight.reshape(-1, K, K, K, 1)
     flat_index = st.node_index.reshape(-1)
     grid_mass = torch.zeros(model.grid.num_nodes, dtype=F_hat.dtype, device=F_hat.device)
     grid_mass = grid_mass.index_add(0, flat_index, (st.weight * masses.unsqueeze(-1)).reshape(-1))
@@ -114,9 +122,13 @@ def grid_to_particles(
     """G2P, the J trust region, the smoothed F update and advection (SPEC §3.4–3.7)."""
     dt = model.dt
     node_velocity = gather_nodes(grid_velocity, st.node_index)
-    velocity = (st.weight.unsqueeze(-1) * node_velocity).sum(1)
-    affine = affine_scale(model.kernel, model.grid.dx) * torch.einsum(
-        "ns,nsi,nsj->nij", st.weight, node_velocity, st.offset
+    K, o = st.support, st.axis_offset
+    weighted = (st.weight.unsqueeze(-1) * node_velocity).reshape(-1, K, K, K, 3)
+    # Σ_i w v_i (x_i − x_p)ᵀ, one column per axis, from the node sums along that axis
+    per_axis = (weighted.sum((2, 3)), weighted.sum((1, 3)), weighted.sum((1, 2)))
+    velocity = per_axis[0].sum(1)
+    affine = affine_scale(model.kernel, model.grid.dx) * torch.stack(
+        [torch.einsum("nkc,nk->nc", sums, o[:, axis]) for axis, sums in enumerate(per_axis)], dim=-1
     )
     # Trust region: shrink a compressive C so that one step cannot push J below min_jacobian.
     F_hat = controlled_deformation
