@@ -184,23 +184,32 @@ def test_torch_and_gsplat_agree_on_cuda():
     opacities = torch.rand(count, device=device) * 0.85 + 0.05
     K = intrinsics(190.0, 190.0, 128.0, 96.0, device=device)
     cameras = orbit_cameras(K, 256, 192, radius=35.0, count=2)
-    weights = [torch.randn(s, device=device) for s in [(2, 192, 256, 3), (2, 192, 256), (2, 192, 256, 3)]]
+    shapes = [(2, 192, 256, 3), (2, 192, 256), (2, 192, 256), (2, 192, 256, 3)]
+    weights = [torch.randn(shape, device=device) for shape in shapes]
     results = {}
     for backend in ("torch", "gsplat"):
-        inputs = [t.clone().requires_grad_(True) for t in (means, covariances, colors, opacities, directions)]
+        leaves = [t.clone().requires_grad_(True) for t in (means, covariances, colors, opacities)]
+        normals = directions.clone().requires_grad_(True)
         images = render(
-            Gaussians(inputs[0], inputs[1], inputs[4], inputs[2], inputs[3]),
+            Gaussians(leaves[0], leaves[1], normals, leaves[2], leaves[3]),
             cameras,
             backend=backend,
             background=(0.0, 0.0, 0.0),
         )
-        covered = images.alpha > 0.05
-        depth = torch.where(covered, images.depth, 0.0)
-        loss = sum((o * w).sum() for o, w in zip([images.rgb, images.alpha, images.normal], weights))
-        loss = loss + (depth * 0.01).sum()
-        loss.backward()
-        results[backend] = ([images.rgb, images.alpha, depth], [t.grad for t in inputs])
-    for a, b in zip(results["torch"][0], results["gsplat"][0]):
-        assert (a - b).abs().max() <= 1e-3 * b.abs().max()
-    for a, b in zip(results["torch"][1], results["gsplat"][1]):
-        assert (a - b).norm() <= 1e-2 * b.norm()
+        # Depth and normals weighted by alpha: smooth where alpha is small.
+        outputs = [
+            images.rgb,
+            images.alpha,
+            images.depth * images.alpha / 35.0,
+            images.normal * images.alpha[..., None],
+        ]
+        sum((o * w).sum() for o, w in zip(outputs, weights)).backward()
+        results[backend] = ([o.detach() for o in outputs], [t.grad for t in [*leaves, normals]])
+    assert results["torch"][0][1].mean() > 0.05  # the scene is in view
+    # Relative L1 on images: a Gaussian sitting exactly at the 1/255 cut-off may be kept by one
+    # backend and not the other (float rounding), which moves single pixels by up to 1/255.
+    for ours, theirs in zip(results["torch"][0], results["gsplat"][0]):
+        assert (ours - theirs).abs().sum() <= 1e-3 * theirs.abs().sum()
+        assert (ours - theirs).abs().max() <= 2.0 / 255.0
+    for ours, theirs in zip(results["torch"][1], results["gsplat"][1]):
+        assert (ours - theirs).norm() <= 1e-2 * theirs.norm()

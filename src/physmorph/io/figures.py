@@ -53,18 +53,19 @@ def write_comparison(
     path: str | os.PathLike[str],
     source: torch.Tensor | np.ndarray,
     current: torch.Tensor | np.ndarray,
-    target: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray | None,
     title: str = "",
 ) -> Path:
-    """PNG of source, current and target particles [N, 3] (rows) from the same three views (columns)."""
-    clouds = [_numpy(c) for c in (source, current, target)]
+    """PNG of source, current and target particles [N, 3] (rows) from the same three views
+    (columns); without a target (image-only runs) two rows."""
+    clouds = [_numpy(c) for c in (source, current, target) if c is not None]
     bounds = _bounds(*clouds)
-    figure = Figure(figsize=(10, 10), dpi=100)
+    figure = Figure(figsize=(10, 3.4 * len(clouds)), dpi=100)
     labels = ("source", "current", "target")
     colors = (SOURCE_COLOR, CURRENT_COLOR, TARGET_COLOR)
     for row, (cloud, label, color) in enumerate(zip(clouds, labels, colors)):
         for column, (elevation, azimuth) in enumerate(VIEWS):
-            axis = figure.add_subplot(3, 3, 3 * row + column + 1, projection="3d")
+            axis = figure.add_subplot(len(clouds), 3, 3 * row + column + 1, projection="3d")
             _scatter(axis, cloud, color, bounds)
             axis.view_init(elevation, azimuth)
             if column == 0:
@@ -83,7 +84,7 @@ def particle_frames(
     captions: Sequence[str],
     size: int = 480,
 ) -> list[np.ndarray]:
-    """RGB images [size, size, 3] uint8 of each particle set in `frames`, beside the target."""
+    """RGB images [size, 2·size, 3] uint8 of each particle set in `frames`, beside the target."""
     clouds = [_numpy(f) for f in frames]
     target_cloud = _numpy(target)
     bounds = _bounds(*clouds, target_cloud)
@@ -110,18 +111,18 @@ def write_loss_curves(path: str | os.PathLike[str], episodes: Sequence[dict]) ->
     loss_axis, chamfer_axis = figure.subplots(1, 2)
     offset = 0
     for episode in episodes:
-        history = [v for v in episode["loss_history"] if np.isfinite(v)]
+        history = [v for v in episode["loss_history"] if v is not None and np.isfinite(v)]
         loss_axis.plot(range(offset, offset + len(history)), history, label=f"episode {episode['episode']}")
         offset += len(history)
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("iteration (accepted steps for the reference optimiser)")
-    loss_axis.set_ylabel("mass loss")
+    loss_axis.set_ylabel("loss (mass loss, or the e2e objective)")
     if len(episodes) <= 10:
         loss_axis.legend(fontsize=8)
     numbers = [e["episode"] for e in episodes]
-    chamfer_axis.plot(
-        [numbers[0] - 1, *numbers], [episodes[0]["chamfer_before"]] + [e["chamfer_after"] for e in episodes], "o-"
-    )
+    if episodes[0].get("chamfer_before") is not None:
+        chamfer = [episodes[0]["chamfer_before"]] + [e["chamfer_after"] for e in episodes]
+        chamfer_axis.plot([numbers[0] - 1, *numbers], chamfer, "o-")
     chamfer_axis.set_xlabel("episode (−1 = start)")
     chamfer_axis.set_ylabel("Chamfer distance to target (grid units)")
     chamfer_axis.grid(alpha=0.3)
@@ -149,3 +150,4 @@ def write_snapshots(
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     return Path(path)
+

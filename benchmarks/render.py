@@ -1,0 +1,107 @@
+"""Benchmark `physmorph.render.render`: forward and forward+backward per backend and size.
+
+    .venv/bin/python benchmarks/render.py                       # CPU: 50k at 256² and 512²
+    .venv/bin/python benchmarks/render.py --device cuda         # 50k/200k/1M at 512² and 1080p
+    .venv/bin/python benchmarks/render.py --sizes 50k,200k --resolutions 512x512 --repeats 5
+
+Scene: N Gaussians on a sphere of radius 10 (reference grid units) seen by the reference camera
+pose (eye (20, −25, 15), z-up) with fx = fy = 475·H/720, Phong shading, normals on; σ shrinks
+with N so the surface stays closed (σ = 0.6·√(area/N)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from physmorph.render import LightingConfig, intrinsics, look_at, render
+from physmorph.render.cameras import Cameras
+from physmorph.render.renderer import gsplat_available
+from physmorph.surface.gaussians import Gaussians
+
+
+def _count(text: str) -> int:
+    text = text.strip().lower()
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text.rstrip("km")) * factor)
+
+
+def _scene(count: int, device: str) -> Gaussians:
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
+    radius = 10.0
+    sigma = 0.6 * math.sqrt(4 * math.pi * radius**2 / count)
+    covariances = torch.eye(3).expand(count, 3, 3) * sigma**2
+    return Gaussians(
+        (directions * radius).to(device),
+        covariances.contiguous().to(device),
+        normals=directions.to(device),
+        opacities=torch.full((count,), 0.9, device=device),
+    )
+
+
+def _camera(width: int, height: int, device: str) -> Cameras:
+    focal = 475.0 * height / 720.0
+    K = intrinsics(focal, focal, width / 2, height / 2, device=device)
+    viewmat = look_at((20.0, -25.0, 15.0), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0), device=device)
+    return Cameras(viewmat[None], K[None], width, height)
+
+
+def _time(function, device: str, repeats: int) -> float:
+    function()
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - start)
+    return min(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", default=None, help="Gaussian counts, e.g. 50k,200k,1M")
+    parser.add_argument("--resolutions", default=None, help="WxH list, e.g. 512x512,1920x1080")
+    parser.add_argument("--backends", default=None, help="torch,gsplat (default: all usable)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    sizes = args.sizes or ("50k,200k,1M" if cuda else "50k")
+    resolutions = args.resolutions or ("512x512,1920x1080" if cuda else "256x256,512x512")
+    backends = args.backends or ("torch,gsplat" if cuda and gsplat_available() else "torch")
+    lighting = LightingConfig()
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; best of {args.repeats} after one warm-up")
+    print(f"{'backend':8} {'gaussians':>10} {'resolution':>10} {'forward s':>10} {'fwd+bwd s':>10}")
+    for backend in backends.split(","):
+        for size in sizes.split(","):
+            count = _count(size)
+            base = _scene(count, args.device)
+            for resolution in resolutions.split(","):
+                width, height = (int(v) for v in resolution.lower().split("x"))
+                cameras = _camera(width, height, args.device)
+                leaves = [base.means.clone().requires_grad_(True), base.covariances.clone().requires_grad_(True)]
+                gaussians = Gaussians(leaves[0], leaves[1], base.normals, None, base.opacities)
+
+                def forward(gaussians=gaussians, cameras=cameras, backend=backend):
+                    with torch.no_grad():
+                        render(gaussians, cameras, shading=lighting, backend=backend)
+
+                def forward_backward(gaussians=gaussians, cameras=cameras, backend=backend):
+                    images = render(gaussians, cameras, shading=lighting, backend=backend)
+                    (images.rgb.sum() + images.alpha.sum() + images.depth.sum()).backward()
+
+                seconds_forward = _time(forward, args.device, args.repeats)
+                seconds_both = _time(forward_backward, args.device, args.repeats)
+                print(f"{backend:8} {count:>10,} {resolution:>10} {seconds_forward:>10.3f} {seconds_both:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
