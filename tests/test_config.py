@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from physmorph.config import UnusedKeysWarning, config_from_mapping, load_config
+from physmorph.config import UnusedKeysWarning, config_from_mapping, config_to_mapping, load_config
 from physmorph.errors import ConfigError, InputError
 from physmorph.optimize.setup import build_setup
 
@@ -14,11 +14,24 @@ def test_reference_config_loads_unchanged_with_one_warning(shared_dir):
         warnings.simplefilter("always")
         config = load_config(shared_dir / "reference" / "sphere_to_bunny.yaml")
     unused = [w for w in caught if issubclass(w.category, UnusedKeysWarning)]
-    assert len(unused) == 1 and "sampling" in str(unused[0].message) and "optimization.loss" in str(unused[0].message)
+    message = str(unused[0].message)
+    assert len(unused) == 1 and "output" in message and "runtime_surface.ivf_nlist" in message
+    assert "optimization.loss" not in message and "camera" not in message
     assert config.source.mesh == "assets/isosphere.obj" and config.target.mesh == "assets/bunny.obj"
     assert config.simulation.lam == pytest.approx(38888.89) and config.simulation.smoothing_factor == 0.955
     assert config.optimization.num_timesteps == 10 and config.optimization.max_ls_iters == 10
     assert config.base_dir == (shared_dir / "reference").resolve()
+    assert config.loss.w_alpha == 0.5 and config.surface.sigma0 == 0.02 and config.camera.fx == 475.0
+    assert config.render.lighting.shininess == 32
+
+
+def test_config_round_trips_through_its_mapping(shared_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = load_config(shared_dir / "reference" / "sphere_to_bunny.yaml")
+        again = config_from_mapping(config_to_mapping(config), base_dir=config.base_dir)
+    for section in ("source", "target", "simulation", "optimization", "loss", "surface", "camera", "render", "e2e"):
+        assert getattr(again, section) == getattr(config, section), section
 
 
 def test_shipped_reference_config_fills_the_reference_particle_count(shared_dir, tmp_path):
@@ -43,6 +56,9 @@ def test_shipped_reference_config_fills_the_reference_particle_count(shared_dir,
         ({"optimization": {"num_timesteps": 2, "control_stride": 5}}, "must be at least control_stride"),
         ({"optimization": {"optimizer": "sgd"}}, "optimization.optimizer: 'sgd' is not one of"),
         ({"simulation": {"youngs_modulus": 1000.0}}, "poisson_ratio must be given together"),
+        ({"mode": "fast"}, "'mode' must be 'physics' or 'e2e'"),
+        ({"e2e": {"fov_deg": 0}}, "'e2e.fov_deg' must be in (0, 170)"),
+        ({"optimization": {"loss": {"w_alpha": -1}}}, "optimization.loss.w_alpha"),
     ],
 )
 def test_bad_configs_name_the_key(mapping, message):

@@ -39,6 +39,7 @@ def morph(
     resume: bool = typer.Option(False, "--resume", help="continue after the last finished episode"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam or reference (overrides the config)"),  # noqa: UP045
     episodes: Optional[int] = typer.Option(None, "--episodes", help="number of episodes (overrides num_animations)"),  # noqa: UP045
+    e2e: bool = typer.Option(False, "--e2e", help="end to end: image losses through the renderer (mode: e2e)"),
 ) -> None:
     """Optimise controls so the source shape morphs into the target; writes epNNN/ folders,
     summary.json, loss.png and morph.mp4."""
@@ -57,17 +58,40 @@ def morph(
 
             merged = asdict(settings.optimization) | {k: v for k, v in overrides.items() if v is not None}
             settings.optimization = from_mapping(OptimizationConfig, merged, "optimization")
+        if e2e:
+            settings.mode = "e2e"
         target = out or Path(settings.output_dir)
         summary = run_morph(settings, target, resume=resume)
     except PhysmorphError as error:
         _fail(error)
         return
     first, last = summary["episodes"][0], summary["episodes"][-1]
+    change = ""
+    if first["chamfer_before"] is not None:
+        change = f": Chamfer {first['chamfer_before']:.3f} → {last['chamfer_after']:.3f}"
     typer.echo(
-        f"{summary['num_particles']} particles on {summary['device']}: Chamfer "
-        f"{first['chamfer_before']:.3f} → {last['chamfer_after']:.3f} over {len(summary['episodes'])} episodes; "
-        f"results in {target}/"
+        f"{summary['num_particles']} particles on {summary['device']}{change} over "
+        f"{len(summary['episodes'])} episodes; results in {target}/"
     )
+
+
+@app.command()
+def render(
+    run_dir: Path = typer.Argument(..., help="folder of a finished `physmorph morph` run"),
+    episode: Optional[int] = typer.Option(None, "--episode", help="episode to render (default: all)"),  # noqa: UP045
+    views: int = typer.Option(1, "--views", help="orbit cameras per step"),
+    size: str = typer.Option("512x512", "--size", help="image size WIDTHxHEIGHT"),
+) -> None:
+    """Render a run's trajectory with Gaussians: per-step rgb/alpha/depth/normal PNGs and a video."""
+    from physmorph.optimize.render_run import parse_size, render_run
+
+    _show_warnings()
+    try:
+        written = render_run(run_dir, episode, views, parse_size(size))
+    except PhysmorphError as error:
+        _fail(error)
+        return
+    typer.echo(f"wrote {len(written)} files under {run_dir}/")
 
 
 @app.command()

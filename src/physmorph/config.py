@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +12,11 @@ import yaml
 
 from physmorph.errors import ConfigError
 from physmorph.geometry.config import ShapeConfig
+from physmorph.losses.render_losses import RenderLossConfig, render_loss_config_from_mapping
+from physmorph.render.cameras import CameraConfig
+from physmorph.render.config import RenderConfig
 from physmorph.settings import from_mapping, require
+from physmorph.surface.config import SurfaceConfig, surface_config_from_mapping
 
 Vector = tuple[float, float, float]
 
@@ -123,9 +127,37 @@ class OptimizationConfig:
         require(self.patience >= 1, f"{o}.patience", "must be ≥ 1")
 
 
-# Sections and keys of the reference config that physmorph accepts without using them (yet).
-REFERENCE_SECTIONS = ("output", "sampling", "camera", "render", "loss_schedule", "advanced_cov_reg")
-REFERENCE_OPTIMIZATION_KEYS = ("loss",)
+@dataclass
+class E2EConfig:
+    """The `e2e` section: cameras, targets and extras of end-to-end (image-loss) training."""
+
+    num_train_views: int = 4  # orbit cameras whose images supervise the controls
+    num_heldout_views: int = 4  # orbit cameras used only to evaluate (IoU, PSNR)
+    width: int = 256  # image size of training and evaluation views, pixels
+    height: int = 256
+    fov_deg: float = 40.0  # horizontal field of view of the orbit cameras, degrees
+    orbit_radius: float | None = None  # camera distance from the target's centre; None: fit the grid box
+    elevation_deg: float = 20.0  # elevation of the training orbit, degrees
+    heldout_elevation_deg: float = 40.0  # elevation of the held-out orbit (azimuths offset by half a step)
+    target_images: str | None = None  # image-only target: folder with cameras.json (see io/targets.py)
+    supervised_steps: list[int] = field(default_factory=lambda: [-1])  # trajectory indices, −1 = last
+    material: Literal["none", "lame", "youngs"] = "none"  # also optimise material parameters
+    opacity: float = 1.0  # peak opacity of every Gaussian
+    render_backend: Literal["auto", "torch", "gsplat"] = "auto"
+    video_size: int = 320  # pixels of the orbit-camera morph video
+
+    def validate(self) -> None:
+        require(self.num_train_views >= 1 or self.target_images, "e2e.num_train_views", "must be ≥ 1")
+        require(self.num_heldout_views >= 0, "e2e.num_heldout_views", "must be ≥ 0")
+        require(self.width >= 8 and self.height >= 8, "e2e.width", "and e2e.height must be at least 8 pixels")
+        require(0 < self.fov_deg < 170, "e2e.fov_deg", f"must be in (0, 170), got {self.fov_deg}")
+        require(self.orbit_radius is None or self.orbit_radius > 0, "e2e.orbit_radius", "must be positive")
+        require(0 < self.opacity <= 1, "e2e.opacity", f"must be in (0, 1], got {self.opacity}")
+        require(bool(self.supervised_steps), "e2e.supervised_steps", "must list at least one step")
+
+
+# Sections of the reference config that physmorph accepts without using them.
+REFERENCE_SECTIONS = ("output", "loss_schedule", "advanced_cov_reg")
 
 
 @dataclass
@@ -137,6 +169,12 @@ class MorphConfig:
     output_dir: str = "outputs/morph"  # relative paths start at the current folder
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    mode: Literal["physics", "e2e"] = "physics"  # e2e: image losses through the renderer too
+    loss: RenderLossConfig = field(default_factory=RenderLossConfig)  # `optimization.loss`
+    surface: SurfaceConfig = field(default_factory=SurfaceConfig)  # `sampling.runtime_surface`
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    e2e: E2EConfig = field(default_factory=E2EConfig)
     base_dir: Path = field(default_factory=Path.cwd)  # folder that relative mesh paths start from
     unused: list[str] = field(default_factory=list)  # reference keys accepted but not used
 
@@ -168,12 +206,13 @@ def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> M
         if section in data:
             data.pop(section)
             unused.append(section)
-    optimization = dict(data.get("optimization") or {})
-    for key in REFERENCE_OPTIMIZATION_KEYS:
-        if key in optimization:
-            optimization.pop(key)
-            unused.append(f"optimization.{key}")
-    data["optimization"] = optimization
+    optimization = dict(data.pop("optimization", None) or {})
+    loss = render_loss_config_from_mapping(optimization.pop("loss", None))
+    sampling = dict(data.pop("sampling", None) or {})
+    surface, surface_unused = surface_config_from_mapping(sampling.pop("runtime_surface", None))
+    unused += surface_unused
+    if sampling:
+        raise ConfigError(f"unknown config key 'sampling.{sorted(sampling)[0]}'; known: sampling.runtime_surface")
     config = MorphConfig(
         source=from_mapping(
             ShapeConfig, data.pop("source", None) or {"shape": "sphere", "params": {"radius": 6.0}}, "source"
@@ -181,26 +220,44 @@ def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> M
         target=from_mapping(ShapeConfig, data.pop("target", None) or {"shape": "dumbbell"}, "target"),
         output_dir=str(data.pop("output_dir", "outputs/morph")),
         simulation=from_mapping(SimulationConfig, data.pop("simulation", None), "simulation"),
-        optimization=from_mapping(OptimizationConfig, data.pop("optimization", None), "optimization"),
+        optimization=from_mapping(OptimizationConfig, optimization, "optimization"),
+        mode=_mode(data.pop("mode", "physics")),
+        loss=loss,
+        surface=surface,
+        camera=from_mapping(CameraConfig, data.pop("camera", None), "camera"),
+        render=from_mapping(RenderConfig, data.pop("render", None), "render"),
+        e2e=from_mapping(E2EConfig, data.pop("e2e", None), "e2e"),
         base_dir=base_dir or Path.cwd(),
         unused=unused,
     )
     if data:
-        known = "source, target, input_mesh_path, target_mesh_path, output_dir, simulation, optimization"
+        known = (
+            "source, target, input_mesh_path, target_mesh_path, output_dir, simulation, optimization, mode, "
+            "sampling, camera, render, e2e"
+        )
         raise ConfigError(f"unknown config key '{sorted(data)[0]}'; known top-level keys: {known}")
     if unused:
         warnings.warn(
-            "physmorph does not use these reference config keys yet: " + ", ".join(unused),
+            "physmorph does not need these reference config keys: " + ", ".join(unused),
             UnusedKeysWarning,
             stacklevel=2,
         )
     return config
 
 
-def config_to_mapping(config: MorphConfig) -> dict[str, Any]:
-    """A JSON/YAML-ready mapping of `config` (for summary.json and reproducibility)."""
-    from dataclasses import asdict
+def _mode(value: Any) -> Literal["physics", "e2e"]:
+    if value not in ("physics", "e2e"):
+        raise ConfigError(f"config key 'mode' must be 'physics' or 'e2e', got {value!r}")
+    return value
 
+
+def config_to_mapping(config: MorphConfig) -> dict[str, Any]:
+    """A JSON/YAML-ready mapping of `config` that `config_from_mapping` reads back."""
     data = asdict(config)
-    data["base_dir"] = str(config.base_dir)
+    for derived in ("base_dir", "unused"):
+        data.pop(derived)
+    data["optimization"]["loss"] = data.pop("loss")
+    data["sampling"] = {"runtime_surface": data.pop("surface")}
+    for shape in ("source", "target"):
+        data[shape] = {k: v for k, v in data[shape].items() if v is not None}
     return data

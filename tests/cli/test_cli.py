@@ -102,3 +102,43 @@ def test_simulate_writes_trajectory_ply_and_previews(tmp_path):
     # gravity pulls the body down
     assert data["x"][-1, :, 2].mean() < data["x"][0, :, 2].mean() - 0.01
     assert (out / "final.ply").is_file() and (out / "preview.png").is_file()
+
+
+def test_e2e_morph_and_render_write_images_and_view_metrics(tmp_path):
+    config = {
+        **TINY,
+        "mode": "e2e",
+        "optimization": {**TINY["optimization"], "num_animations": 1, "loss": {"w_alpha": 20.0}},
+        "sampling": {"runtime_surface": {"M": 1500, "sigma0": 0.25}},
+        "e2e": {"num_train_views": 2, "num_heldout_views": 1, "width": 32, "height": 32, "video_size": 48},
+    }
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["morph", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "summary.json").read_text())["episodes"][0]
+    assert [(v["name"], v["split"]) for v in record["views"]] == [
+        ("train00", "train"),
+        ("train01", "train"),
+        ("heldout00", "heldout"),
+    ]
+    assert all(0.0 <= v["iou"] <= 1.0 and v["psnr"] > 0 for v in record["views"])
+    assert {"phys", "alpha"} <= set(record["render_terms"])
+    folder = out / "ep000"
+    for name in ("train00_rgb.png", "train00_alpha.png", "train00_depth.png", "train00_normal.png"):
+        assert (folder / "renders" / name).is_file(), name
+    for name in (
+        "target_vs_prediction_train.png",
+        "target_vs_prediction_heldout.png",
+        "gaussians.ply",
+        "gaussians.npz",
+    ):
+        assert (folder / name).is_file(), name
+    rendered = CliRunner().invoke(app, ["render", str(out), "--views", "2", "--size", "40x24"])
+    assert rendered.exit_code == 0, rendered.output
+    frames = sorted((folder / "frames").glob("*_rgb.png"))
+    assert len(frames) == 2 * 4  # 2 views × (3 steps + the initial state)
+    assert (out / "render.mp4").is_file() or (out / "render.gif").is_file()
+    bad = CliRunner().invoke(app, ["render", str(out), "--episode", "5"])
+    assert bad.exit_code == 2 and "episode 5 is not finished" in bad.output

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,11 @@ from physmorph.io.ply import write_points_ply
 from physmorph.io.video import write_video
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import State
+from physmorph.optimize.e2e import E2EResult
+from physmorph.optimize.e2e_run import E2EContext, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
 from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
+from physmorph.optimize.views import render_frames, render_settings, turntable
 
 SUMMARY = "summary.json"
 
@@ -58,10 +63,11 @@ def load_summary(paths: RunPaths) -> dict[str, Any] | None:
 
 def save_episode(
     folder: Path,
-    result: EpisodeResult,
+    result: EpisodeResult | E2EResult,
     setup: MorphSetup,
     initial: State,
     title: str,
+    extras: Callable[[Path], None] | None = None,
 ) -> None:
     """Write one episode's files into `folder`, atomically: a temporary folder renamed at the end."""
     partial = folder.with_name(folder.name + ".partial")
@@ -85,6 +91,8 @@ def save_episode(
     )
     write_points_ply(partial / "final.ply", final.positions)
     write_comparison(partial / "comparison.png", initial.positions, final.positions, setup.target_points, title)
+    if extras is not None:
+        extras(partial)
     if folder.exists():
         shutil.rmtree(folder)
     partial.rename(folder)
@@ -108,6 +116,8 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
     """
     paths = RunPaths(Path(out_dir))
     settings = config.optimization
+    if config.mode == "e2e":
+        check_e2e_config(config)
     device = resolve_device(settings.device)
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
     setup = build_setup(config, device, dtype)
@@ -119,7 +129,9 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "torch_version": torch.__version__,
             "num_particles": setup.initial.num_particles,
-            "num_target_particles": int(setup.target_points.shape[0]),
+            "num_target_particles": None if setup.target_points is None else int(setup.target_points.shape[0]),
+            "mode": config.mode,
+            "config_folder": str(config.base_dir),
             "config": config_to_mapping(config),
             "episodes": [],
         }
@@ -133,6 +145,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             )
         state = load_state(paths.episode(done[-1]["episode"]), device) if done else setup.initial
     optimizer = optimize_adam if settings.optimizer == "adam" else optimize_reference
+    context = E2EContext.build(config, setup) if config.mode == "e2e" else None
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)
         problem = EpisodeProblem(
@@ -151,43 +164,83 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             bar.set_postfix(loss=f"{value:.4g}")
 
         start = time.perf_counter()
-        result = optimizer(problem, settings, report)
+        extras, additions = None, {}
+        if context is None:
+            result = optimizer(problem, settings, report)
+        else:
+            result, additions, extras = run_e2e_episode(problem, context, config, report)
         seconds = time.perf_counter() - start
         bar.close()
-        final = result.trajectory.final
-        with torch.no_grad():
-            jacobians = torch.linalg.det(final.deformation_gradients)
-            record = {
-                "episode": episode,
-                "optimizer": settings.optimizer,
-                "mass_loss_before": result.loss_before,
-                "mass_loss_after": result.loss_after,
-                "chamfer_before": chamfer_distance(state.positions, setup.target_points).item(),
-                "chamfer_after": chamfer_distance(final.positions, setup.target_points).item(),
-                "J_min": jacobians.min().item(),
-                "J_mean": jacobians.mean().item(),
-                "seconds": seconds,
-                "loss_history": result.losses,
-            }
-        title = f"episode {episode}: Chamfer {record['chamfer_before']:.3f} → {record['chamfer_after']:.3f}"
-        save_episode(paths.episode(episode), result, setup, setup.initial, title)
+        record = {"episode": episode, "optimizer": "e2e" if context else settings.optimizer}
+        record.update(episode_metrics(problem, result, setup))
+        history = [value if math.isfinite(value) else None for value in result.losses]
+        record.update({"seconds": seconds, "loss_history": history, **additions})
+        before, after = record["chamfer_before"], record["chamfer_after"]
+        title = f"episode {episode}" + (f": Chamfer {before:.3f} → {after:.3f}" if before is not None else "")
+        save_episode(paths.episode(episode), result, setup, setup.initial, title, extras)
         summary["episodes"].append(record)
         write_json(paths.summary, summary)
+        final = result.trajectory.final
         state = final.detach()
-    write_run_media(paths, summary, setup)
+    write_run_media(paths, summary, setup, config)
     return summary
 
 
-def write_run_media(paths: RunPaths, summary: dict[str, Any], setup: MorphSetup) -> None:
-    """loss.png and the particle animation across all episodes (morph.mp4, or .gif without ffmpeg)."""
+@torch.no_grad()
+def episode_metrics(problem: EpisodeProblem, result: EpisodeResult | E2EResult, setup: MorphSetup) -> dict[str, Any]:
+    """Mass loss and Chamfer distance before (no control) and after, and det F of the last state."""
+    final = result.trajectory.final
+    jacobians = torch.linalg.det(final.deformation_gradients)
+    metrics: dict[str, Any] = {"J_min": jacobians.min().item(), "J_mean": jacobians.mean().item()}
+    if setup.target_points is None:
+        return metrics | {
+            "mass_loss_before": None,
+            "mass_loss_after": None,
+            "chamfer_before": None,
+            "chamfer_after": None,
+        }
+    if isinstance(result, EpisodeResult):
+        before, after = result.loss_before, result.loss_after
+    else:
+        before = problem.loss(problem.rollout(problem.zero_controls())).item()
+        after = problem.loss(result.trajectory).item()
+    return metrics | {
+        "mass_loss_before": before,
+        "mass_loss_after": after,
+        "chamfer_before": chamfer_distance(problem.initial.positions, setup.target_points).item(),
+        "chamfer_after": chamfer_distance(final.positions, setup.target_points).item(),
+    }
+
+
+def write_run_media(paths: RunPaths, summary: dict[str, Any], setup: MorphSetup, config: MorphConfig) -> None:
+    """loss.png and the animation across all episodes (morph.mp4, or .gif without ffmpeg): the
+    particles beside the target, or for end-to-end runs the Gaussian renders on a turntable."""
     episodes = summary["episodes"]
     write_loss_curves(paths.root / "loss.png", episodes)
-    frames, captions = [], []
-    for record in episodes:
-        positions = np.load(paths.episode(record["episode"]) / "trajectory.npz")["x"]
-        first = 0 if not frames else 1  # each episode starts where the previous one ended
-        for step in range(first, len(positions)):
-            frames.append(positions[step])
-            captions.append(f"episode {record['episode']}, step {step}")
-    images = particle_frames(frames, setup.target_points, captions)
+    trajectories = [np.load(paths.episode(record["episode"]) / "trajectory.npz") for record in episodes]
+    if config.mode == "e2e":
+        images = gaussian_video_frames(trajectories, config, setup.initial.positions)
+    else:
+        frames, captions = [], []
+        for record, trajectory in zip(episodes, trajectories):
+            positions = trajectory["x"]
+            first = 0 if not frames else 1  # each episode starts where the previous one ended
+            for step in range(first, len(positions)):
+                frames.append(positions[step])
+                captions.append(f"episode {record['episode']}, step {step}")
+        images = particle_frames(frames, setup.target_points, captions)
     write_video(paths.root / "morph.mp4", images, fps=8)
+
+
+def gaussian_video_frames(trajectories: list[Any], config: MorphConfig, like: torch.Tensor) -> list[np.ndarray]:
+    """RGB frames of every step of every episode, rendered from a camera circling the morph."""
+    steps = sum(len(t["x"]) for t in trajectories)
+    positions = [torch.from_numpy(t["x"]).to(like) for t in trajectories]
+    cameras = turntable(config.e2e, torch.cat(positions).reshape(-1, 3), max(steps, 1), config.e2e.video_size)
+    settings, images, index = render_settings(config), [], 0
+    for trajectory, x in zip(trajectories, positions):
+        F = torch.from_numpy(trajectory["F"]).to(like)
+        frames, _ = render_frames(x, F, config.surface, cameras[index : index + len(x)], settings)
+        images += [frame.rgb[0].clamp(0, 1).cpu().numpy() for frame in frames]
+        index += len(x)
+    return images

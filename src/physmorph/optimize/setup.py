@@ -19,14 +19,14 @@ class MorphSetup:
 
     model:            MPM model of the source body
     initial:          source particles at rest
-    target_points:    target particle positions [M, 3], grid units
-    target_grid_mass: target mass field on the grid, flat [G]
+    target_points:    target particle positions [M, 3], grid units (None: image-only target)
+    target_grid_mass: target mass field on the grid, flat [G] (None: image-only target)
     """
 
     model: Model
     initial: State
-    target_points: torch.Tensor
-    target_grid_mass: torch.Tensor
+    target_points: torch.Tensor | None
+    target_grid_mass: torch.Tensor | None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,7 +99,9 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
     sim = config.simulation
     material = make_material(sim, dtype, device)
     source = fill_body(config, "source", dtype, device)
-    target = fill_body(config, "target", dtype, device)
     model = make_model(sim, source, material)
+    if config.mode == "e2e" and config.e2e.target_images is not None:
+        return MorphSetup(model, State.at_rest(source.positions), None, None)
+    target = fill_body(config, "target", dtype, device)
     target_grid_mass = splat_mass(target.positions, target.masses, model.grid, sim.kernel)
     return MorphSetup(model, State.at_rest(source.positions), target.positions, target_grid_mass)

@@ -1,0 +1,118 @@
+"""One end-to-end episode inside a morph run: targets, training, per-view metrics and image files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from physmorph.config import MorphConfig
+from physmorph.errors import ConfigError
+from physmorph.io.images import write_png
+from physmorph.io.targets import TargetImages, load_image_targets
+from physmorph.losses.render_losses import psnr, silhouette_iou
+from physmorph.optimize.e2e import E2EResult, RenderSettings, optimize_e2e, render_state, target_images_from_particles
+from physmorph.optimize.episode import EpisodeProblem, Progress
+from physmorph.optimize.setup import MorphSetup
+from physmorph.optimize.views import (
+    render_settings,
+    side_by_side,
+    split_targets,
+    train_and_heldout_cameras,
+    write_gaussians,
+    write_view_images,
+)
+from physmorph.render import concatenate
+from physmorph.surface import bind_surface
+
+
+@dataclass
+class E2EContext:
+    """Targets and render settings shared by every episode of an end-to-end run."""
+
+    train: TargetImages
+    heldout: TargetImages | None
+    settings: RenderSettings
+
+    @staticmethod
+    def build(config: MorphConfig, setup: MorphSetup) -> E2EContext:
+        """Orbit-camera targets rendered from the target particles, or an image folder."""
+        settings = render_settings(config)
+        like = setup.initial.positions
+        if config.e2e.target_images is not None:
+            folder = Path(config.e2e.target_images)
+            if not folder.is_absolute():
+                folder = config.base_dir / folder
+            sim = config.simulation
+            targets = load_image_targets(folder, (sim.grid_min_point, sim.grid_max_point), like.dtype, like.device)
+            return E2EContext(targets, None, settings)
+        train_cameras, heldout_cameras = train_and_heldout_cameras(config.e2e, setup.target_points)
+        cameras = train_cameras if heldout_cameras is None else concatenate([train_cameras, heldout_cameras])
+        targets = target_images_from_particles(setup.target_points, cameras, config.surface, settings)
+        names = [f"train{i:02d}" for i in range(len(train_cameras))]
+        names += [f"heldout{i:02d}" for i in range(len(cameras) - len(train_cameras))]
+        targets.names = names
+        train, heldout = split_targets(targets, len(train_cameras))
+        return E2EContext(train, heldout, settings)
+
+
+def check_e2e_config(config: MorphConfig) -> None:
+    """Image-only targets have no target mass field, so the physics term must be off."""
+    if config.e2e.target_images is not None and config.loss.w_phys > 0:
+        raise ConfigError(
+            "e2e.target_images gives an image-only target, which has no target mass field; "
+            "set optimization.loss.w_phys: 0 (or give a target shape and drop e2e.target_images)"
+        )
+
+
+def run_e2e_episode(
+    problem: EpisodeProblem, context: E2EContext, config: MorphConfig, progress: Progress | None
+) -> tuple[E2EResult, dict[str, Any], Any]:
+    """Train one episode end to end; returns the result, the summary additions and a writer
+    that puts renders, the target/prediction comparison and the Gaussians into a folder."""
+    binding = bind_surface(problem.initial.positions, problem.initial.deformation_gradients, config.surface)
+    result = optimize_e2e(
+        problem,
+        binding,
+        context.train,
+        config.loss,
+        config.optimization,
+        supervised_steps=config.e2e.supervised_steps,
+        render_settings=context.settings,
+        material=config.e2e.material,
+        progress=progress,
+    )
+    final = result.trajectory.final
+    views, evaluations = [], []
+    for split, targets in (("train", context.train), ("heldout", context.heldout)):
+        if targets is None:
+            continue
+        with torch.no_grad():
+            gaussians, images = render_state(
+                final.positions, final.deformation_gradients, binding, targets.cameras, context.settings
+            )
+        iou = silhouette_iou(images.alpha, targets.alpha.to(images.alpha)).tolist()
+        colour = psnr(images.rgb, targets.rgb.to(images.rgb)).tolist() if targets.rgb is not None else None
+        for index, name in enumerate(targets.names):
+            views.append({"name": name, "split": split, "iou": iou[index], "psnr": colour[index] if colour else None})
+        evaluations.append((targets, images))
+    best = min(range(len(result.losses)), key=lambda i: result.losses[i])
+    record = {
+        "views": views,
+        "render_terms": result.terms[best] if result.terms else {},
+        "objective_history": [v if v == v and abs(v) != float("inf") else None for v in result.losses],
+    }
+    if result.material is not None and config.e2e.material != "none":
+        record["material"] = {"lam": float(result.material.lam), "mu": float(result.material.mu)}
+
+    def write(folder: Path) -> None:
+        train_targets, train_images = evaluations[0]
+        write_view_images(folder / "renders", train_images, train_targets.names)
+        panels = [side_by_side(targets, images) for targets, images in evaluations]
+        for (targets, _), panel in zip(evaluations, panels):
+            write_png(folder / f"target_vs_prediction_{'train' if targets is context.train else 'heldout'}.png", panel)
+        write_gaussians(folder, gaussians)
+
+    return result, record, write
