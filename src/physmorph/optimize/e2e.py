@@ -156,9 +156,7 @@ class RenderObjective:
             )
         for step in steps:
             if not -(num_steps + 1) <= step <= num_steps:
-                raise InputError(
-                    f"supervised step {step} is outside the episode's 0..{num_steps} (−1 = last)"
-                )
+                raise InputError(f"supervised step {step} is outside the episode's 0..{num_steps} (−1 = last)")
         like = initial_positions
         target_list = [t.to(device=like.device, dtype=like.dtype) for t in target_list]
         for target in target_list:
@@ -173,9 +171,7 @@ class RenderObjective:
                 rest = synthesize_surface(initial_positions, initial_deformation_gradients, binding)
             neighbors = gaussian_neighbors(rest.means, min(CURVATURE_NEIGHBORS, binding.count - 1))
         edges = [silhouette_edges(target.alpha) for target in target_list]
-        return RenderObjective(
-            binding, target_list, steps, losses, settings or RenderSettings(), edges, neighbors
-        )
+        return RenderObjective(binding, target_list, steps, losses, settings or RenderSettings(), edges, neighbors)
 
     def __call__(self, trajectory: Trajectory) -> tuple[dict[str, torch.Tensor], list[Images]]:
         """The unweighted render terms whose configured weight is non-zero (each summed over the
@@ -212,9 +208,7 @@ class RenderObjective:
         if weights["depth"] > 0 and target.depth is not None:
             terms["depth"] = depth_loss(images.depth, target.depth, target.alpha)
         if weights["edge"] > 0:
-            terms["edge"] = edge_alignment_loss(
-                gaussians.means, gaussians.covariances, target.cameras, edges
-            )
+            terms["edge"] = edge_alignment_loss(gaussians.means, gaussians.covariances, target.cameras, edges)
         if weights["cov_align"] > 0 and self.neighbors is not None:
             reference = curvature_target_covariances(
                 gaussians.means.detach(),
@@ -228,9 +222,7 @@ class RenderObjective:
                 gaussians.covariances, self.losses.cov_reg_mode, self.losses.target_cov_scale
             )
         if weights["normal_smooth"] > 0 and self.neighbors is not None:
-            terms["normal_smooth"] = normal_smoothness_loss(
-                gaussians.normals, self.neighbors[:, :NORMAL_NEIGHBORS]
-            )
+            terms["normal_smooth"] = normal_smoothness_loss(gaussians.normals, self.neighbors[:, :NORMAL_NEIGHBORS])
         if target.rgb is not None:
             if weights["rgb"] > 0:
                 terms["rgb"] = rgb_loss(images.rgb, target.rgb)
@@ -239,18 +231,14 @@ class RenderObjective:
         return terms
 
 
-def _material_parameters(
-    material: Material, kind: MaterialParameters, like: torch.Tensor
-) -> list[torch.Tensor]:
+def _material_parameters(material: Material, kind: MaterialParameters, like: torch.Tensor) -> list[torch.Tensor]:
     """Unconstrained parameters of `material`: (log λ, log μ), or (log E, r) with
     ν = 0.75 tanh(r) − 0.25."""
     lam = torch.as_tensor(material.lam, dtype=like.dtype, device=like.device).detach()
     mu = torch.as_tensor(material.mu, dtype=like.dtype, device=like.device).detach()
     if kind == "lame":
         if not bool((lam > 0).all()):
-            raise InputError(
-                "material parameterisation 'lame' optimises log λ and needs λ > 0; use 'youngs'"
-            )
+            raise InputError("material parameterisation 'lame' optimises log λ and needs λ > 0; use 'youngs'")
         return [torch.log(lam).requires_grad_(), torch.log(mu).requires_grad_()]
     youngs = mu * (3 * lam + 2 * mu) / (lam + mu)
     poisson = lam / (2 * (lam + mu))
@@ -264,9 +252,7 @@ def _material(base: Material, kind: MaterialParameters, parameters: list[torch.T
     if kind == "none":
         return base
     if kind == "lame":
-        return Material(
-            torch.exp(parameters[0]), torch.exp(parameters[1]), base.density, base.model
-        )
+        return Material(torch.exp(parameters[0]), torch.exp(parameters[1]), base.density, base.model)
     poisson = 0.75 * torch.tanh(parameters[1]) - 0.25
     return Material.from_youngs_modulus(torch.exp(parameters[0]), poisson, base.density, base.model)
 
@@ -382,12 +368,8 @@ def optimize_e2e(
     )
     base_material = problem.model.material
     controls = problem.zero_controls().requires_grad_()
-    material_parameters = (
-        [] if material == "none" else _material_parameters(base_material, material, controls)
-    )
-    groups = [
-        {"params": [controls], "lr": settings.learning_rate, "base_lr": settings.learning_rate}
-    ]
+    material_parameters = [] if material == "none" else _material_parameters(base_material, material, controls)
+    groups = [{"params": [controls], "lr": settings.learning_rate, "base_lr": settings.learning_rate}]
     if material_parameters:
         groups.append(
             {
@@ -415,9 +397,7 @@ def optimize_e2e(
                 fraction,
             )
             value = evaluation.objective.item()
-            term_history.append(
-                {name: float(term.detach()) for name, term in evaluation.terms.items()}
-            )
+            term_history.append({name: float(term.detach()) for name, term in evaluation.terms.items()})
         except SimulationDiverged:
             value = math.inf
             term_history.append({})
@@ -452,9 +432,7 @@ def optimize_e2e(
     best_controls, best_material = best[0], _material(base_material, material, best[1:])
     with torch.no_grad():
         final = e2e_loss(problem, objective, best_controls, best_material)
-    metrics = [
-        view_metrics(images, target) for images, target in zip(final.images, objective.targets)
-    ]
+    metrics = [view_metrics(images, target) for images, target in zip(final.images, objective.targets)]
     if material != "none":
         best_material = Material(
             torch.as_tensor(best_material.lam).detach(),
