@@ -99,6 +99,7 @@ class OptimizationConfig:
     learning_rate: float = 0.02  # adam: first step size (ΔF units)
     final_learning_rate_ratio: float = 0.1  # adam: cosine schedule ends at lr · ratio
     patience: int = 4  # adam: stop after this many iterations without improvement
+    arrival_speed_weight: float = 1.0  # adds w · mean |v|² of the last state (s²/grid units²); 0 = reference loss
     seed: int = 0  # seeds every random choice of the run
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     dtype: Literal["float32", "float64"] = "float32"
@@ -125,6 +126,7 @@ class OptimizationConfig:
         require(self.learning_rate > 0, f"{o}.learning_rate", "must be positive")
         require(0 < self.final_learning_rate_ratio <= 1, f"{o}.final_learning_rate_ratio", "must be in (0, 1]")
         require(self.patience >= 1, f"{o}.patience", "must be ≥ 1")
+        require(self.arrival_speed_weight >= 0, f"{o}.arrival_speed_weight", "must be ≥ 0")
 
 
 @dataclass

@@ -33,6 +33,7 @@ class EpisodeProblem:
     control_stride: int
     checkpoint_steps: bool = False
     backend: str = "auto"
+    arrival_speed_weight: float = 0.0
 
     @property
     def num_controls(self) -> int:
@@ -56,6 +57,14 @@ class EpisodeProblem:
         )
 
     def loss(self, trajectory: Trajectory) -> torch.Tensor:
+        """Mass loss of the last state, plus `arrival_speed_weight` · mean |v|² of the last state
+        (so the body arrives at rest and the next episode does not overshoot)."""
+        loss = self.mass_loss(trajectory)
+        if self.arrival_speed_weight:
+            loss = loss + self.arrival_speed_weight * (trajectory.final.velocities**2).sum(-1).mean()
+        return loss
+
+    def mass_loss(self, trajectory: Trajectory) -> torch.Tensor:
         return mass_loss(
             trajectory.final.positions,
             self.model.masses.expand(trajectory.final.num_particles),

@@ -156,6 +156,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             settings.control_stride,
             settings.checkpoint_steps,
             settings.backend,
+            settings.arrival_speed_weight,
         )
         bar = tqdm(desc=f"episode {episode + 1}/{settings.num_animations}", unit="it", disable=not progress, leave=True)
 
@@ -199,11 +200,8 @@ def episode_metrics(problem: EpisodeProblem, result: EpisodeResult | E2EResult, 
             "chamfer_before": None,
             "chamfer_after": None,
         }
-    if isinstance(result, EpisodeResult):
-        before, after = result.loss_before, result.loss_after
-    else:
-        before = problem.loss(problem.rollout(problem.zero_controls())).item()
-        after = problem.loss(result.trajectory).item()
+    before = problem.mass_loss(problem.rollout(problem.zero_controls())).item()
+    after = problem.mass_loss(result.trajectory).item()
     return metrics | {
         "mass_loss_before": before,
         "mass_loss_after": after,
