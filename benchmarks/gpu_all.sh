@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark of physmorph in one run (how BENCHMARKS.md's GPU rows were made).
+# Usage: bash benchmarks/gpu_all.sh [tests|mpm|surface|render|morph|e2e ...]   (default: all)
+# Logs go to $OUT (the device tool's folder) or ./gpu_logs. Wheels in .whl/ (gsplat, trimesh) are
+# installed first when present; gsplat JIT-compiles its CUDA code on first use (about 70 s).
+set -uo pipefail
+LOG=${OUT:-gpu_logs}
+mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+SITE=/tmp/physmorph_site
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" .whl/*.whl || exit 1
+fi
+export PYTHONPATH="$SITE:$PWD/src"
+MESHES=${MESHES:-../shared/meshes}
+[ -d "$MESHES" ] || MESHES=.gpumeshes   # a copy carried to the device machine
+parts=${*:-tests mpm surface render morph e2e}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/device.txt"
+for part in $parts; do
+  start=$(date +%s)
+  case $part in
+    tests)   python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    mpm)     python3 benchmarks/mpm_step.py ;;
+    surface) python3 benchmarks/surface.py --device cuda ;;
+    render)  python3 benchmarks/render.py --device cuda ;;
+    morph)   python3 benchmarks/morph_reference.py --meshes "$MESHES" --device cuda --episodes 2 ;;
+    e2e)     python3 benchmarks/e2e.py --device cuda &&
+             python3 benchmarks/e2e.py --device cuda --mode compare --source "$MESHES/isosphere.obj" \
+               --target "$MESHES/bunny.obj" --iterations 12 ;;
+  esac 2>&1 | tee "$LOG/$part.txt"
+  echo "[$part: $(( $(date +%s) - start )) s]" | tee -a "$LOG/$part.txt"
+done
