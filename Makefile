@@ -14,7 +14,7 @@ $(BIN)/python:
 
 demo: $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
-	$(BIN)/physmorph morph --default --out outputs/demo
+	$(BIN)/physmorph morph --out outputs/demo
 
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
