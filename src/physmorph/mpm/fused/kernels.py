@@ -359,15 +359,15 @@ def p2g_forward(
         d2 = (b2 + k).to(l2.dtype) - l2
         w = w01 * _bspline(d2)
         o2 = d2 * dx
-        _key, sm, s0, s1, s2 = tl.associative_scan(
+        _key, run_m, run0, run1, run2 = tl.associative_scan(
             (key, w * m, w * (q0 + a00 * o0 + a01 * o1 + a02 * o2),
              w * (q1 + a10 * o0 + a11 * o1 + a12 * o2), w * (q2 + a20 * o0 + a21 * o1 + a22 * o2)),
             0, _segment_sum4)
         node = grid_ptr + (row + k) * 4
-        tl.atomic_add(node + 0, sm, mask=last, sem="relaxed")
-        tl.atomic_add(node + 1, s0, mask=last, sem="relaxed")
-        tl.atomic_add(node + 2, s1, mask=last, sem="relaxed")
-        tl.atomic_add(node + 3, s2, mask=last, sem="relaxed")
+        tl.atomic_add(node + 0, run_m, mask=last, sem="relaxed")
+        tl.atomic_add(node + 1, run0, mask=last, sem="relaxed")
+        tl.atomic_add(node + 2, run1, mask=last, sem="relaxed")
+        tl.atomic_add(node + 3, run2, mask=last, sem="relaxed")
 
 
 @triton.jit
@@ -610,11 +610,11 @@ def g2p_backward(
         r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
         r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
         r2 = gu2 + gb20 * o0 + gb21 * o1 + gb22 * o2
-        _key, s0, s1, s2 = tl.associative_scan((key, w * r0, w * r1, w * r2), 0, _segment_sum3)
+        _key, run0, run1, run2 = tl.associative_scan((key, w * r0, w * r1, w * r2), 0, _segment_sum3)
         gnode = grad_grid_ptr + (row + k) * 4
-        tl.atomic_add(gnode + 1, s0, mask=last, sem="relaxed")
-        tl.atomic_add(gnode + 2, s1, mask=last, sem="relaxed")
-        tl.atomic_add(gnode + 3, s2, mask=last, sem="relaxed")
+        tl.atomic_add(gnode + 1, run0, mask=last, sem="relaxed")
+        tl.atomic_add(gnode + 2, run1, mask=last, sem="relaxed")
+        tl.atomic_add(gnode + 3, run2, mask=last, sem="relaxed")
         g_w = (n0 * r0 + n1 * r1 + n2 * r2) * inv_dx
         gx0 -= g_w * s0 * w1 * w2 + w * (gb00 * n0 + gb10 * n1 + gb20 * n2)
         gx1 -= g_w * w0 * s1 * w2 + w * (gb01 * n0 + gb11 * n1 + gb21 * n2)
