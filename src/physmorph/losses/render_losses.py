@@ -96,9 +96,7 @@ def silhouette_loss(alpha: torch.Tensor, target_alpha: torch.Tensor) -> torch.Te
     return (alpha - target_alpha).abs().mean()
 
 
-def depth_loss(
-    depth: torch.Tensor, target_depth: torch.Tensor, target_alpha: torch.Tensor
-) -> torch.Tensor:
+def depth_loss(depth: torch.Tensor, target_depth: torch.Tensor, target_alpha: torch.Tensor) -> torch.Tensor:
     """mean |d − d*| over the pixels the target covers (α* > 0.5 and d* > 0); [C, H, W] each.
 
     Depths are camera z, world units. 0 when the target covers no pixel.
@@ -130,16 +128,12 @@ def ssim(
     constants (0.01)² and (0.03)² for a dynamic range of 1. Returns a scalar in (−1, 1].
     """
     if image.shape != target.shape:
-        raise InputError(
-            f"ssim: image {tuple(image.shape)} and target {tuple(target.shape)} differ in shape"
-        )
+        raise InputError(f"ssim: image {tuple(image.shape)} and target {tuple(target.shape)} differ in shape")
     if image.ndim == 3:
         image, target = image[..., None], target[..., None]
     height, width, channels = image.shape[1:]
     if min(height, width) < window:
-        raise InputError(
-            f"ssim: images of {width}x{height} pixels are smaller than the {window}-pixel window"
-        )
+        raise InputError(f"ssim: images of {width}x{height} pixels are smaller than the {window}-pixel window")
     x = image.permute(0, 3, 1, 2)
     y = target.permute(0, 3, 1, 2)
     g = _gaussian_window(window, sigma, x)
@@ -181,12 +175,7 @@ class SilhouetteEdges:
 @torch.no_grad()
 def silhouette_edges(target_alpha: torch.Tensor, radius: int = EDGE_RADIUS) -> SilhouetteEdges:
     """Tangents of the silhouette of target_alpha [C, H, W] from its Sobel gradient."""
-    sobel = (
-        torch.tensor(
-            [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=target_alpha.dtype
-        )
-        / 8.0
-    )
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=target_alpha.dtype) / 8.0
     kernels = torch.stack((sobel, sobel.T))[:, None].to(target_alpha.device)
     padded = nnf.pad(target_alpha[:, None], (1, 1, 1, 1), mode="replicate")
     gx, gy = nnf.conv2d(padded, kernels).unbind(1)
@@ -245,9 +234,7 @@ def edge_alignment_loss(
     with torch.no_grad():
         column = torch.floor(pixels[..., 0]).long()
         row = torch.floor(pixels[..., 1]).long()
-        inside = (
-            (depth > cameras.znear) & (column >= 0) & (column < width) & (row >= 0) & (row < height)
-        )
+        inside = (depth > cameras.znear) & (column >= 0) & (column < width) & (row >= 0) & (row < height)
         view = torch.arange(count, device=means.device)[:, None].expand_as(row)
         flat = (view * height + row.clamp(0, height - 1)) * width + column.clamp(0, width - 1)
         weight = torch.where(inside, edges.strength.reshape(-1)[flat], 0.0)
@@ -277,9 +264,7 @@ def _tangent_frame(normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def gaussian_neighbors(means: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [M, k] of each Gaussian's k nearest other Gaussians (means [M, 3])."""
     if means.shape[0] < k + 1:
-        raise InputError(
-            f"neighbour search needs more than k={k} Gaussians, got {means.shape[0]}; lower k"
-        )
+        raise InputError(f"neighbour search needs more than k={k} Gaussians, got {means.shape[0]}; lower k")
     return nearest_neighbors(means, means, k + 1)[1][:, 1:].to(means.device)
 
 
@@ -304,9 +289,19 @@ def principal_curvatures(
     ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)[:, None, None]
     eye = torch.eye(2, dtype=means.dtype, device=means.device)
     shape_operator = torch.linalg.solve(gram + ridge * eye, du.transpose(1, 2) @ dn).transpose(1, 2)
-    shape_operator = 0.5 * (shape_operator + shape_operator.transpose(1, 2))
-    curvatures, vectors = torch.linalg.eigh(shape_operator)
-    directions = vectors.transpose(1, 2) @ frame
+    # eigenpairs of the symmetric 2×2 operator in closed form (batched eigh fails on some CUDA
+    # solvers for millions of tiny matrices): κ = m ∓ d, major direction at angle θ
+    a, b, c = (
+        shape_operator[:, 0, 0],
+        0.5 * (shape_operator[:, 0, 1] + shape_operator[:, 1, 0]),
+        shape_operator[:, 1, 1],
+    )
+    middle, half_gap = 0.5 * (a + c), torch.sqrt((0.5 * (a - c)) ** 2 + b**2)
+    curvatures = torch.stack((middle - half_gap, middle + half_gap), 1)
+    theta = 0.5 * torch.atan2(2.0 * b, a - c)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    vectors = torch.stack((torch.stack((-sin, cos), 1), torch.stack((cos, sin), 1)), 1)  # rows: minor, major
+    directions = vectors @ frame
     return curvatures, directions
 
 
@@ -336,9 +331,7 @@ def _symmetric(matrices: torch.Tensor) -> torch.Tensor:
     return 0.5 * (matrices + matrices.transpose(-1, -2))
 
 
-def covariance_alignment_loss(
-    covariances: torch.Tensor, target_covariances: torch.Tensor
-) -> torch.Tensor:
+def covariance_alignment_loss(covariances: torch.Tensor, target_covariances: torch.Tensor) -> torch.Tensor:
     """mean over Gaussians of Σ_k (log λ_k(Σ) − log λ_k(Σ*))², eigenvalues sorted; [M, 3, 3] each.
 
     The log makes the term independent of the length unit.
@@ -366,9 +359,7 @@ def covariance_regularization(
     if mode == "frobenius":
         eye = torch.eye(3, dtype=covariances.dtype, device=covariances.device)
         return (((covariances - s2 * eye) / s2) ** 2).sum((-1, -2)).mean()
-    raise InputError(
-        f"covariance regularisation mode {mode!r} is not eigenvalue, trace or frobenius"
-    )
+    raise InputError(f"covariance regularisation mode {mode!r} is not eigenvalue, trace or frobenius")
 
 
 def normal_smoothness_loss(normals: torch.Tensor, neighbors: torch.Tensor) -> torch.Tensor:
