@@ -145,6 +145,9 @@ def timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 
 
+RENDER_WEIGHTS = ("w_alpha", "w_depth", "w_edge", "w_cov_align", "w_cov_reg")
+
+
 def compare(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     config = config_from_mapping(
         {
@@ -176,7 +179,12 @@ def compare(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         target_points, held_out, surface, render_settings
     )
     settings: OptimizationConfig = config.optimization
-    both = RenderLossConfig(target_cov_scale=args.sigma0)
+    # the mass loss sums over grid nodes (thousands); scale the reference's render weights so the
+    # two parts are of comparable size in the physics + render variant
+    base = RenderLossConfig(target_cov_scale=args.sigma0)
+    both = dataclasses.replace(
+        base, **{name: getattr(base, name) * args.render_weight for name in RENDER_WEIGHTS}
+    )
     variants = {
         "physics only (adam)": None,
         "physics + render": both,
@@ -238,6 +246,9 @@ def main() -> None:
     parser.add_argument("--target", help="compare: target mesh path")
     parser.add_argument("--iterations", type=int, default=12, help="compare: Adam iterations")
     parser.add_argument("--learning-rate", type=float, default=0.02, help="compare: Adam step size")
+    parser.add_argument(
+        "--render-weight", type=float, default=1000.0, help="compare: factor on the reference's render weights"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
