@@ -64,22 +64,52 @@ def _time(function, device: str, repeats: int) -> float:
     return min(samples)
 
 
+def _run(gaussians: Gaussians, cameras: Cameras, lighting: LightingConfig, backend: str) -> list[torch.Tensor]:
+    """physmorph's render (Phong, rgb + alpha + depth + normals), or gsplat called directly with the
+    same Gaussians and the same output channels (colour and normal features, accumulated depth)."""
+    if backend != "gsplat-direct":
+        images = render(gaussians, cameras, shading=lighting, backend=backend)
+        return [images.rgb, images.alpha, images.depth, images.normal]
+    import gsplat
+
+    count = gaussians.means.shape[0]
+    colors = torch.full((count, 3), 0.5, device=gaussians.means.device)
+    image, alpha, _ = gsplat.rasterization(
+        gaussians.means,
+        None,
+        None,
+        gaussians.opacities,
+        torch.cat([colors, gaussians.normals], -1),
+        cameras.viewmats,
+        cameras.Ks,
+        cameras.width,
+        cameras.height,
+        eps2d=0.3,
+        packed=False,
+        render_mode="RGB+D",
+        covars=gaussians.covariances,
+    )
+    return [image, alpha]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default=None, help="Gaussian counts, e.g. 50k,200k,1M")
     parser.add_argument("--resolutions", default=None, help="WxH list, e.g. 512x512,1920x1080")
-    parser.add_argument("--backends", default=None, help="torch,gsplat (default: all usable)")
+    parser.add_argument(
+        "--backends", default=None, help="torch,gsplat,gsplat-direct (default: all usable; direct = gsplat alone)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     sizes = args.sizes or ("50k,200k,1M" if cuda else "50k")
     resolutions = args.resolutions or ("512x512,1920x1080" if cuda else "256x256,512x512")
-    backends = args.backends or ("torch,gsplat" if cuda and gsplat_available() else "torch")
+    backends = args.backends or ("torch,gsplat,gsplat-direct" if cuda and gsplat_available() else "torch")
     lighting = LightingConfig()
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; best of {args.repeats} after one warm-up")
-    print(f"{'backend':8} {'gaussians':>10} {'resolution':>10} {'forward s':>10} {'fwd+bwd s':>10}")
+    print(f"{'backend':13} {'gaussians':>10} {'resolution':>10} {'forward ms':>11} {'fwd+bwd ms':>11}")
     for backend in backends.split(","):
         for size in sizes.split(","):
             count = _count(size)
@@ -92,15 +122,17 @@ def main() -> None:
 
                 def forward(gaussians=gaussians, cameras=cameras, backend=backend):
                     with torch.no_grad():
-                        render(gaussians, cameras, shading=lighting, backend=backend)
+                        _run(gaussians, cameras, lighting, backend)
 
                 def forward_backward(gaussians=gaussians, cameras=cameras, backend=backend):
-                    images = render(gaussians, cameras, shading=lighting, backend=backend)
-                    (images.rgb.sum() + images.alpha.sum() + images.depth.sum()).backward()
+                    sum(output.sum() for output in _run(gaussians, cameras, lighting, backend)).backward()
 
                 seconds_forward = _time(forward, args.device, args.repeats)
                 seconds_both = _time(forward_backward, args.device, args.repeats)
-                print(f"{backend:8} {count:>10,} {resolution:>10} {seconds_forward:>10.3f} {seconds_both:>10.3f}")
+                print(
+                    f"{backend:13} {count:>10,} {resolution:>10} {1e3 * seconds_forward:>11.2f} "
+                    f"{1e3 * seconds_both:>11.2f}"
+                )
 
 
 if __name__ == "__main__":
