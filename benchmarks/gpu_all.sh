@@ -20,8 +20,8 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for part in $parts; do
   start=$(date +%s)
   case $part in
-    tests)   python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
-    mpm)     python3 benchmarks/mpm_step.py ;;
+    tests)   python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider tests ;;
+    mpm)     python3 benchmarks/mpm_step.py --profile 1048576 ;;
     surface) python3 benchmarks/surface.py --device cuda ;;
     render)  python3 benchmarks/render.py --device cuda ;;
     morph)   python3 benchmarks/morph_reference.py --meshes "$MESHES" --device cuda --episodes 2 ;;
