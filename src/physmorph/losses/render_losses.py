@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as nnf
 
+from physmorph import batched
 from physmorph.errors import InputError
 from physmorph.losses.schedules import Schedule, schedule_factor
 from physmorph.render.cameras import Cameras
@@ -336,8 +337,8 @@ def covariance_alignment_loss(covariances: torch.Tensor, target_covariances: tor
 
     The log makes the term independent of the length unit.
     """
-    eigenvalues = torch.linalg.eigvalsh(_symmetric(covariances))
-    target = torch.linalg.eigvalsh(_symmetric(target_covariances))
+    eigenvalues = batched.eigvalsh(_symmetric(covariances))
+    target = batched.eigvalsh(_symmetric(target_covariances))
     return ((torch.log(eigenvalues) - torch.log(target)) ** 2).sum(-1).mean()
 
 
@@ -352,7 +353,7 @@ def covariance_regularization(
     """
     s2 = target_scale**2
     if mode == "eigenvalue":
-        return (((torch.linalg.eigvalsh(_symmetric(covariances)) - s2) / s2) ** 2).mean()
+        return (((batched.eigvalsh(_symmetric(covariances)) - s2) / s2) ** 2).mean()
     if mode == "trace":
         trace = covariances.diagonal(dim1=-2, dim2=-1).sum(-1)
         return (((trace - 3 * s2) / (3 * s2)) ** 2).mean()

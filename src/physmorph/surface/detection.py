@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from physmorph import batched
 from physmorph.surface.knn import nearest_neighbors
 
 # Neighbours whose mean distance defines the local particle spacing h (6 = the faces of a cube
@@ -61,7 +62,7 @@ def detect_surface(
     centroid = torch.einsum("nk,nkc->nc", weights, neighbours)
     centred = neighbours - centroid[:, None, :]
     covariance = torch.einsum("nk,nki,nkj->nij", weights, centred, centred)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = batched.eigh(covariance)
     normals = eigenvectors[:, :, 0]
     variation = eigenvalues[:, 0] / eigenvalues.sum(dim=1).clamp_min(1e-300)
 
