@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from physmorph.io.atomic import atomic_path
 
@@ -123,6 +124,7 @@ def write_loss_curves(path: str | os.PathLike[str], episodes: Sequence[dict]) ->
     if episodes[0].get("chamfer_before") is not None:
         chamfer = [episodes[0]["chamfer_before"]] + [e["chamfer_after"] for e in episodes]
         chamfer_axis.plot([numbers[0] - 1, *numbers], chamfer, "o-")
+    chamfer_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     chamfer_axis.set_xlabel("episode (−1 = start)")
     chamfer_axis.set_ylabel("Chamfer distance to target (grid units)")
     chamfer_axis.grid(alpha=0.3)
