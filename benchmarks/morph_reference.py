@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--optimizers", default="adam,reference")
     parser.add_argument("--iterations", type=int, default=None, help="adam iterations per episode")
     parser.add_argument("--backend", default="auto", help="MPM backend: auto, torch or triton")
-    parser.add_argument("--arrival-speed-weight", type=float, default=None, help="0 = the reference's loss")
+    parser.add_argument("--arrival-speed-weight", type=float, default=None, help="for adam; 0 = the reference's loss")
     arguments = parser.parse_args()
 
     with warnings.catch_warnings():
@@ -65,6 +65,8 @@ def main() -> None:
                 config.optimization.num_timesteps,
                 config.optimization.control_stride,
                 backend=arguments.backend,
+                # the reference algorithm runs on the reference's own loss
+                arrival_speed_weight=config.optimization.arrival_speed_weight if optimizer_name == "adam" else 0.0,
             )
             if device.type == "cuda":
                 torch.cuda.synchronize()
