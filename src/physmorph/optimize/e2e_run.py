@@ -25,29 +25,36 @@ from physmorph.optimize.views import (
     write_view_images,
 )
 from physmorph.render import concatenate
-from physmorph.surface import bind_surface
+from physmorph.surface import SurfaceBinding, bind_surface
 
 
 @dataclass
 class E2EContext:
-    """Targets and render settings shared by every episode of an end-to-end run."""
+    """Targets, render settings and the surface shared by every episode of an end-to-end run.
+
+    The surface is bound once, to the undeformed source, and reused by every episode: the same
+    Gaussians follow the same material points through the whole morph (binding to a deformed,
+    irregular particle cloud later detects the surface poorly).
+    """
 
     train: TargetImages
     heldout: TargetImages | None
     settings: RenderSettings
+    binding: SurfaceBinding
 
     @staticmethod
     def build(config: MorphConfig, setup: MorphSetup) -> E2EContext:
         """Orbit-camera targets rendered from the target particles, or an image folder."""
         settings = render_settings(config)
         like = setup.initial.positions
+        binding = bind_surface(like, setup.initial.deformation_gradients, config.surface)
         if config.e2e.target_images is not None:
             folder = Path(config.e2e.target_images)
             if not folder.is_absolute():
                 folder = config.base_dir / folder
             sim = config.simulation
             targets = load_image_targets(folder, (sim.grid_min_point, sim.grid_max_point), like.dtype, like.device)
-            return E2EContext(targets, None, settings)
+            return E2EContext(targets, None, settings, binding)
         train_cameras, heldout_cameras = train_and_heldout_cameras(config.e2e, setup.target_points)
         cameras = train_cameras if heldout_cameras is None else concatenate([train_cameras, heldout_cameras])
         targets = target_images_from_particles(setup.target_points, cameras, config.surface, settings)
@@ -55,7 +62,7 @@ class E2EContext:
         names += [f"heldout{i:02d}" for i in range(len(cameras) - len(train_cameras))]
         targets.names = names
         train, heldout = split_targets(targets, len(train_cameras))
-        return E2EContext(train, heldout, settings)
+        return E2EContext(train, heldout, settings, binding)
 
 
 def check_e2e_config(config: MorphConfig) -> None:
@@ -72,7 +79,7 @@ def run_e2e_episode(
 ) -> tuple[E2EResult, dict[str, Any], Any]:
     """Train one episode end to end; returns the result, the summary additions and a writer
     that puts renders, the target/prediction comparison and the Gaussians into a folder."""
-    binding = bind_surface(problem.initial.positions, problem.initial.deformation_gradients, config.surface)
+    binding = context.binding
     result = optimize_e2e(
         problem,
         binding,

@@ -13,6 +13,7 @@ from physmorph.config import config_from_mapping
 from physmorph.errors import InputError
 from physmorph.io.video import write_video
 from physmorph.optimize.views import orbit_views, render_frames, render_settings, write_view_images
+from physmorph.surface import bind_surface
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -45,12 +46,14 @@ def render_run(run_dir: str | Path, episode: int | None, views: int, size: tuple
     every = torch.cat([torch.from_numpy(t["x"]).reshape(-1, 3) for t in trajectories.values()])
     cameras = orbit_views(config.e2e, every, views, config.e2e.elevation_deg, size=size)
     settings = render_settings(config)
+    # one surface for the whole run, bound to the undeformed source (episode 0's first state)
+    start = np.load(run_dir / "ep000" / "trajectory.npz")
+    binding = bind_surface(torch.from_numpy(start["x"][0]), torch.from_numpy(start["F"][0]), config.surface)
     written, video = [], []
     for e in tqdm(chosen, desc="render", unit="episode"):
         x = torch.from_numpy(trajectories[e]["x"])
         F = torch.from_numpy(trajectories[e]["F"])
         folder = run_dir / f"ep{e:03d}" / "frames"
-        binding = None
         for v in range(views):
             frames, binding = render_frames(x, F, config.surface, cameras[v : v + 1], settings, binding)
             for step, images in enumerate(frames):

@@ -236,9 +236,10 @@ def gaussian_video_frames(trajectories: list[Any], config: MorphConfig, like: to
     positions = [torch.from_numpy(t["x"]).to(like) for t in trajectories]
     cameras = turntable(config.e2e, torch.cat(positions).reshape(-1, 3), max(steps, 1), config.e2e.video_size)
     settings, images, index = render_settings(config), [], 0
+    binding = None  # bound to the first episode's first (undeformed) state, then reused
     for trajectory, x in zip(trajectories, positions):
         F = torch.from_numpy(trajectory["F"]).to(like)
-        frames, _ = render_frames(x, F, config.surface, cameras[index : index + len(x)], settings)
+        frames, binding = render_frames(x, F, config.surface, cameras[index : index + len(x)], settings, binding)
         images += [frame.rgb[0].clamp(0, 1).cpu().numpy() for frame in frames]
         index += len(x)
     return images

@@ -120,8 +120,9 @@ def render_frames(
     settings: RenderSettings,
     binding: SurfaceBinding | None = None,
 ) -> tuple[list[Images], SurfaceBinding]:
-    """Render every step of one episode ([T+1, N, 3], [T+1, N, 3, 3]) with a surface bound once
-    to its first state (so frames do not flicker); camera t % len(cameras) renders step t."""
+    """Render every step of one episode ([T+1, N, 3], [T+1, N, 3, 3]) with one surface binding
+    (`binding`, or bound here to the first state) so frames do not flicker; camera
+    t % len(cameras) renders step t."""
     if binding is None:
         binding = bind_surface(positions[0], deformation_gradients[0], surface)
     frames = []
