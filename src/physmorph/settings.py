@@ -114,7 +114,13 @@ def from_mapping(
         raise ConfigError(f"{section}: {error}") from None
     validate: Callable[[], None] | None = getattr(instance, "validate", None)
     if validate is not None:
-        validate()
+        try:
+            validate()
+        except ConfigError as error:
+            # nested sections validate without knowing where they sit in the file
+            if section and section not in str(error):
+                raise ConfigError(f"in '{section}': {error}") from None
+            raise
     return instance
 
 
