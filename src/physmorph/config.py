@@ -181,8 +181,8 @@ class MorphConfig:
     unused: list[str] = field(default_factory=list)  # reference keys accepted but not used
 
 
-def load_config(path: str | Path) -> MorphConfig:
-    """Read a YAML config file; relative mesh paths resolve against the file's folder."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; ConfigError when it is missing, invalid or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass the path of a YAML file")
@@ -190,7 +190,16 @@ def load_config(path: str | Path) -> MorphConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
-    return config_from_mapping(data or {}, base_dir=path.resolve().parent)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path) -> MorphConfig:
+    """Read a YAML config file; relative mesh paths resolve against the file's folder."""
+    return config_from_mapping(read_yaml(path), base_dir=Path(path).resolve().parent)
 
 
 def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> MorphConfig:

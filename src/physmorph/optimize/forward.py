@@ -8,11 +8,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
-from physmorph.config import SimulationConfig
-from physmorph.errors import ConfigError
+from physmorph.config import SimulationConfig, read_yaml
 from physmorph.geometry.config import ShapeConfig, build_shape
 from physmorph.geometry.fill import fill_mesh
 from physmorph.io.atomic import atomic_path
@@ -47,16 +45,8 @@ class SimulateConfig:
 
 def load_simulate_config(path: str | Path) -> SimulateConfig:
     """Read a forward-simulation YAML file; unknown keys and bad values are ConfigErrors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass the path of a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of settings")
-    data["base_dir"] = path.resolve().parent
+    data = read_yaml(path)
+    data["base_dir"] = Path(path).resolve().parent
     return from_mapping(SimulateConfig, data, "")
 
 
