@@ -82,8 +82,6 @@ def run_simulation(config: SimulateConfig, out_dir: str | Path, progress: bool =
             if t % 10 == 9 or t == config.num_steps - 1:
                 bad = int(escaped(state.positions, model.grid, model.kernel).sum())
                 if bad:
-                    from physmorph.errors import SimulationDiverged
-
                     raise SimulationDiverged(
                         f"simulation diverged by step {t + 1}: {bad} of {points.count} particles became non-finite "
                         "or left the grid; reduce dt, raise drag or lower the stiffness"
