@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from physmorph.config import SimulationConfig, read_yaml
+from physmorph.errors import SimulationDiverged
 from physmorph.geometry.config import ShapeConfig, build_shape
 from physmorph.geometry.fill import fill_mesh
 from physmorph.io.atomic import atomic_path
