@@ -99,7 +99,7 @@ class OptimizationConfig:
     learning_rate: float = 0.02  # adam: first step size (ΔF units)
     final_learning_rate_ratio: float = 0.1  # adam: cosine schedule ends at lr · ratio
     patience: int = 4  # adam: stop after this many iterations without improvement
-    arrival_speed_weight: float = 1.0  # adds w · mean |v|² of the last state (s²/grid units²); 0 = reference loss
+    arrival_speed_weight: float = 20.0  # adds w · mean |v|² of the last state (s²/grid units²); 0 = reference loss
     seed: int = 0  # seeds every random choice of the run
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     dtype: Literal["float32", "float64"] = "float32"
