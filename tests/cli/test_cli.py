@@ -142,3 +142,45 @@ def test_e2e_morph_and_render_write_images_and_view_metrics(tmp_path):
     assert (out / "render.mp4").is_file() or (out / "render.gif").is_file()
     bad = CliRunner().invoke(app, ["render", str(out), "--episode", "5"])
     assert bad.exit_code == 2 and "episode 5 is not finished" in bad.output
+
+
+def test_image_only_target_folder_drives_an_e2e_morph(tmp_path):
+    import torch
+
+    from physmorph.config import config_from_mapping
+    from physmorph.io.targets import save_image_targets
+    from physmorph.optimize.e2e import RenderSettings, target_images_from_particles
+    from physmorph.optimize.setup import build_setup
+    from physmorph.optimize.views import orbit_views
+    from physmorph.surface import SurfaceConfig
+
+    surface = {"M": 1500, "sigma0": 0.25}
+    # the target exists only as masks and depth maps from two calibrated cameras
+    shape_only = config_from_mapping({**TINY, "optimization": {"device": "cpu"}})
+    target_points = build_setup(shape_only, torch.device("cpu")).target_points
+    cameras = orbit_views(shape_only.e2e, target_points, 2, 20.0, size=(32, 32))
+    images = target_images_from_particles(target_points, cameras, SurfaceConfig(**surface), RenderSettings())
+    save_image_targets(tmp_path / "targets", images)
+
+    config = {
+        "source": TINY["source"],
+        "simulation": TINY["simulation"],
+        "mode": "e2e",
+        "optimization": {**TINY["optimization"], "num_animations": 1, "loss": {"w_phys": 0.0, "w_alpha": 1.0}},
+        "sampling": {"runtime_surface": surface},
+        "e2e": {"target_images": "targets", "video_size": 48},
+    }
+    path = tmp_path / "image_only.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["morph", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "summary.json").read_text())["episodes"][0]
+    assert record["chamfer_before"] is None and record["mass_loss_after"] is None
+    assert [v["split"] for v in record["views"]] == ["train", "train"]
+    assert "phys" not in record["render_terms"] and "alpha" in record["render_terms"]
+
+    # the physics term needs a target mass field, which an image-only target does not have
+    config["optimization"]["loss"]["w_phys"] = 1.0
+    path.write_text(yaml.safe_dump(config))
+    refused = CliRunner().invoke(app, ["morph", str(path), "--out", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "w_phys: 0" in refused.output
