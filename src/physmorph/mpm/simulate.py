@@ -97,6 +97,7 @@ def simulate(
     backend: Backend = "auto",
     start_step: int = 0,
     check_divergence: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> Trajectory:
     """Roll out steps `start_step` … `num_steps` − 1 from `initial`; differentiable by plain autograd.
 
@@ -108,6 +109,7 @@ def simulate(
                           intermediates, so memory is O(T · state) rather than O(T · step)
     backend:              'torch' (reference), 'triton' (fused GPU kernels) or 'auto' (see select_step)
     start_step:           the step number of `initial` (to resume an episode mid-way)
+    on_step:              called with each finished step's number (e.g. a progress bar)
     check_divergence:     raise SimulationDiverged when particles become non-finite or leave
                           the grid (one host sync per rollout)
     """
@@ -151,6 +153,8 @@ def simulate(
             with torch.no_grad():
                 bad = escaped(state[0], model.grid, model.kernel) | ~torch.isfinite(state[2]).all(dim=(-1, -2))
                 bad_counts.append(bad.sum())
+        if on_step is not None:
+            on_step(t)
     if check_divergence and bad_counts:
         _raise_if_diverged(torch.stack(bad_counts).tolist(), n, start_step)
     return Trajectory(*(torch.stack(series) for series in zip(*history)))

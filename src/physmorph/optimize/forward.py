@@ -11,15 +11,12 @@ import torch
 from tqdm import tqdm
 
 from physmorph.config import SimulationConfig, read_yaml
-from physmorph.errors import SimulationDiverged
 from physmorph.geometry.config import ShapeConfig, build_shape
 from physmorph.geometry.fill import fill_mesh
 from physmorph.io.atomic import atomic_path
 from physmorph.io.figures import write_snapshots
 from physmorph.io.ply import write_points_ply
-from physmorph.mpm import State, step
-from physmorph.mpm.simulate import select_step
-from physmorph.mpm.step import escaped
+from physmorph.mpm import State, simulate
 from physmorph.optimize.setup import make_material, make_model, resolve_device
 from physmorph.settings import from_mapping, require
 
@@ -69,36 +66,28 @@ def run_simulation(config: SimulateConfig, out_dir: str | Path, progress: bool =
     model = make_model(sim, points, make_material(sim, points.positions.dtype, device))
     state = State.at_rest(points.positions)
     state.velocities = state.velocities + torch.tensor(config.initial_velocity, device=device)
-    control = None
+    controls = None
     if config.deformation_control is not None:
-        control = torch.tensor(config.deformation_control, device=device).expand(points.count, 3, 3)
-    step_function = select_step("auto", device) if device.type == "cuda" else step
-    positions, velocities, gradients = [state.positions], [state.velocities], [state.deformation_gradients]
-    with torch.no_grad():
-        for t in tqdm(range(config.num_steps), desc="simulate", unit="step", disable=not progress):
-            state = step_function(state, model, control if t == 0 else None, None)
-            positions.append(state.positions)
-            velocities.append(state.velocities)
-            gradients.append(state.deformation_gradients)
-            if t % 10 == 9 or t == config.num_steps - 1:
-                bad = int(escaped(state.positions, model.grid, model.kernel).sum())
-                if bad:
-                    raise SimulationDiverged(
-                        f"simulation diverged by step {t + 1}: {bad} of {points.count} particles became non-finite "
-                        "or left the grid; reduce dt, raise drag or lower the stiffness"
-                    )
+        # one control, at step 0: a stride of num_steps leaves no other control step
+        control = torch.tensor(config.deformation_control, dtype=points.positions.dtype, device=device)
+        controls = control.expand(1, points.count, 3, 3)
+    with torch.no_grad(), tqdm(total=config.num_steps, desc="simulate", unit="step", disable=not progress) as bar:
+        trajectory = simulate(
+            state, model, config.num_steps, controls, control_stride=config.num_steps, on_step=lambda _: bar.update(1)
+        )
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with atomic_path(out / "trajectory.npz") as temporary:
         np.savez_compressed(
-            temporary.open("wb"),
-            x=torch.stack(positions).cpu().float().numpy(),
-            v=torch.stack(velocities).cpu().float().numpy(),
-            F=torch.stack(gradients).cpu().float().numpy(),
+            temporary,
+            x=trajectory.positions.cpu().float().numpy(),
+            v=trajectory.velocities.cpu().float().numpy(),
+            F=trajectory.deformation_gradients.cpu().float().numpy(),
             dt=np.float64(sim.dt),
         )
     written.append(out / "trajectory.npz")
-    written.append(write_points_ply(out / "final.ply", state.positions))
+    written.append(write_points_ply(out / "final.ply", trajectory.final.positions))
+    positions = trajectory.positions
     chosen = np.linspace(0, config.num_steps, config.num_previews).round().astype(int)
     written.append(write_snapshots(out / "preview.png", [positions[i] for i in chosen], [f"step {i}" for i in chosen]))
     return written

@@ -31,6 +31,7 @@ from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
 from physmorph.optimize.views import render_frames, render_settings, turntable
 
 SUMMARY = "summary.json"
+STATE_FIELDS = ("positions", "velocities", "deformation_gradients", "affine_velocities")
 
 
 @dataclass
@@ -84,10 +85,7 @@ def save_episode(
     # the exact final state (own dtype) lets --resume continue bit for bit
     np.savez(
         partial / "state.npz",
-        **{
-            name: getattr(final, name).detach().cpu().numpy()
-            for name in ("positions", "velocities", "deformation_gradients", "affine_velocities")
-        },
+        **{name: getattr(final, name).detach().cpu().numpy() for name in STATE_FIELDS},
     )
     write_points_ply(partial / "final.ply", final.positions)
     write_comparison(partial / "comparison.png", initial.positions, final.positions, setup.target_points, title)
@@ -100,12 +98,7 @@ def save_episode(
 
 def load_state(folder: Path, device: torch.device) -> State:
     data = np.load(folder / "state.npz")
-    return State(
-        *(
-            torch.from_numpy(data[name]).to(device)
-            for name in ("positions", "velocities", "deformation_gradients", "affine_velocities")
-        )
-    )
+    return State(*(torch.from_numpy(data[name]).to(device) for name in STATE_FIELDS))
 
 
 def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
