@@ -198,3 +198,16 @@ def test_unsupported_settings_run_the_reference(overrides):
     for a, b in zip(fused, reference):
         # the reference's CUDA index_add sums in a run-dependent order
         assert _relative(a, b) < 1e-12
+
+
+def test_host_numbers_become_one_cached_device_tensor_and_tensors_keep_their_graph():
+    from physmorph.mpm.fused import _on_device
+
+    like = torch.zeros(2, dtype=torch.float64)
+    gravity = _on_device((0.0, -9.8, 0.0), like)
+    assert gravity is _on_device(torch.tensor([0.0, -9.8, 0.0], dtype=torch.float64), like)
+    assert gravity.dtype == torch.float64 and gravity.tolist() == [0.0, -9.8, 0.0]
+    assert _on_device(0.5, like) is _on_device(0.5, like)
+    stiffness = torch.tensor(3.0, requires_grad=True)
+    (2.0 * _on_device(stiffness, like)).sum().backward()
+    assert stiffness.grad == 2.0

@@ -11,7 +11,9 @@ Triton is imported only when a fused step runs, so importing this package never 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Sequence
 
 import torch
 
@@ -35,10 +37,30 @@ def supports_fused(state: State, model: Model) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _host_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _on_device(value: torch.Tensor | float | Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """A model parameter as a flat tensor of `like`'s dtype and device.
+
+    Host numbers go through a cache: every host-to-device copy synchronises the stream, which
+    would stall the GPU once per step.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu" and not value.requires_grad:
+            value = value.reshape(-1).tolist()
+        else:
+            return value.to(dtype=like.dtype, device=like.device).reshape(-1)
+    values = (float(value),) if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+    return _host_constant(values, like.dtype, like.device)
+
+
 def _per_particle(value: torch.Tensor | float, n: int, like: torch.Tensor) -> torch.Tensor:
     """A scalar or [N] parameter as an [N] tensor (a stride-0 view for scalars)."""
-    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return tensor.reshape(-1).expand(n) if tensor.numel() == 1 else tensor.reshape(n).contiguous()
+    tensor = _on_device(value, like)
+    return tensor.expand(n) if tensor.numel() == 1 else tensor.reshape(n).contiguous()
 
 
 def fused_step(
@@ -59,7 +81,7 @@ def fused_step(
     from physmorph.mpm.fused.function import FusedStep, StepSettings
 
     x = state.positions
-    n, dtype, device = x.shape[0], x.dtype, x.device
+    n, dtype = x.shape[0], x.dtype
     material = model.material
     outputs = FusedStep.apply(
         x.contiguous(),
@@ -72,8 +94,8 @@ def fused_step(
         _per_particle(material.mu, n, x),
         _per_particle(model.masses, n, x),
         _per_particle(model.volumes, n, x),
-        torch.as_tensor(model.drag, dtype=dtype, device=device).reshape(()),
-        torch.as_tensor(model.external_force, dtype=dtype, device=device).reshape(3).contiguous(),
+        _on_device(model.drag, x).reshape(()),
+        _on_device(model.external_force, x).reshape(3).contiguous(),
         StepSettings.of(model),
     )
     return State(*outputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -13,12 +14,14 @@ from physmorph.mpm.state import Model
 
 # Newton iterations of the in-kernel polar decomposition (half of them norm-scaled).
 NEWTON_ITERATIONS = 8
-PARTICLE_BLOCK = 128
-PARTICLE_WARPS = 4
+PARTICLE_BLOCK = 64
+PARTICLE_WARPS = 2
 # The scattering kernels scan runs of particles that share a cell within a block.
-SCAN_BLOCK = 128
-SCAN_WARPS = 4
+SCAN_BLOCK = 32
+SCAN_WARPS = 1
 NODE_BLOCK = 1024
+# Unroll factor of the outer stencil axis (the inner two are always unrolled).
+STENCIL_UNROLL = 1
 # The reference's occupied-node threshold and the guard of det F̂ in J F̂⁻ᵀ.
 MASS_THRESHOLD = 1e-12
 TINY_DETERMINANT = 1e-30
@@ -64,6 +67,12 @@ class StepSettings:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def settings_tensor(settings: StepSettings, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`settings.values` on the device, made once: a host-to-device copy waits for the whole stream."""
+    return torch.tensor(settings.values, dtype=dtype, device=device)
+
+
 def _launch_grid(n: int, block: int) -> tuple[int]:
     return ((n + block - 1) // block,)
 
@@ -78,6 +87,19 @@ def cell_order(x: torch.Tensor, prm: torch.Tensor, settings: StepSettings) -> tu
     return order.to(torch.int32), sorted_keys
 
 
+def node_velocities(
+    grid: torch.Tensor, external_force: torch.Tensor, prm: torch.Tensor, settings: StepSettings
+) -> torch.Tensor:
+    """The grid update: [G, 4] node velocities (vx, vy, vz, unused) from the [G, 4] mass/momentum grid."""
+    nx, ny, nz = settings.dims
+    velocity = torch.empty_like(grid)
+    kernels.grid_velocity[_launch_grid(grid.shape[0], NODE_BLOCK)](
+        grid, external_force, prm, velocity, grid.shape[0], nx, ny, nz,
+        CELLS=settings.cells, BOUNDARY=settings.boundary, BLOCK=NODE_BLOCK, num_warps=4,
+    )
+    return velocity
+
+
 class FusedStep(torch.autograd.Function):
     """(x, v, F, C, ΔF, f, λ, μ, m, V, drag, f_ext) → (x', v', F', C') with the hand adjoint.
 
@@ -89,7 +111,7 @@ class FusedStep(torch.autograd.Function):
     def forward(ctx, x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, settings):  # type: ignore[override]
         n = x.shape[0]
         nx, ny, nz = settings.dims
-        prm = torch.tensor(settings.values, dtype=x.dtype, device=x.device)
+        prm = settings_tensor(settings, x.dtype, x.device)
         grid = torch.zeros(nx * ny * nz, 4, dtype=x.dtype, device=x.device)
         control = dF if dF is not None else F
         particle_force = force if force is not None else x
@@ -99,17 +121,16 @@ class FusedStep(torch.autograd.Function):
             lam, lam.stride(0), mu, mu.stride(0), masses, masses.stride(0), volumes, volumes.stride(0),
             drag, prm, grid, order, keys, n, nx, ny, nz,
             HAS_CONTROL=dF is not None, HAS_FORCE=force is not None, NEWTON=NEWTON_ITERATIONS,
-            BLOCK=SCAN_BLOCK, num_warps=SCAN_WARPS,
+            BLOCK=SCAN_BLOCK, UNROLL=STENCIL_UNROLL, num_warps=SCAN_WARPS,
         )
-        launch = _launch_grid(n, PARTICLE_BLOCK)
+        velocity = node_velocities(grid, external_force, prm, settings)
         x_new = torch.empty_like(x)
         v_new = torch.empty_like(x)
         F_new = torch.empty_like(F)
         C_new = torch.empty_like(F)
-        kernels.g2p_forward[launch](
-            x, F, control, grid, external_force, prm, x_new, v_new, F_new, C_new, n, nx, ny, nz,
-            HAS_CONTROL=dF is not None, CELLS=settings.cells, BOUNDARY=settings.boundary,
-            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+        kernels.g2p_forward[_launch_grid(n, PARTICLE_BLOCK)](
+            x, F, control, velocity, prm, x_new, v_new, F_new, C_new, n, nx, ny, nz,
+            HAS_CONTROL=dF is not None, BLOCK=PARTICLE_BLOCK, UNROLL=STENCIL_UNROLL, num_warps=PARTICLE_WARPS,
         )
         ctx.save_for_backward(
             x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm, order, keys
@@ -128,15 +149,13 @@ class FusedStep(torch.autograd.Function):
         g_x, g_v, g_F, g_C = (g.contiguous() for g in (g_x, g_v, g_F, g_C))
         control = dF if dF is not None else F
         particle_force = force if force is not None else x
-        launch = _launch_grid(n, PARTICLE_BLOCK)
         grad_grid = torch.zeros_like(grid)
         gx_part = torch.empty_like(x)
         gFh_part = torch.empty_like(F)
         kernels.g2p_backward[_launch_grid(n, SCAN_BLOCK)](
-            x, F, control, grid, external_force, prm, g_x, g_v, g_F, g_C,
+            x, F, control, node_velocities(grid, external_force, prm, settings), prm, g_x, g_v, g_F, g_C,
             grad_grid, gx_part, gFh_part, order, keys, n, nx, ny, nz,
-            HAS_CONTROL=dF is not None, CELLS=settings.cells, BOUNDARY=settings.boundary,
-            BLOCK=SCAN_BLOCK, num_warps=SCAN_WARPS,
+            HAS_CONTROL=dF is not None, BLOCK=SCAN_BLOCK, UNROLL=STENCIL_UNROLL, num_warps=SCAN_WARPS,
         )
         grad_external = torch.zeros(3, dtype=x.dtype, device=x.device)
         kernels.grid_backward[_launch_grid(grid.shape[0], NODE_BLOCK)](
@@ -154,13 +173,13 @@ class FusedStep(torch.autograd.Function):
         gmass = torch.empty_like(glam)
         gvol = torch.empty_like(glam)
         gdrag = torch.zeros(1, dtype=x.dtype, device=x.device)
-        kernels.p2g_backward[launch](
+        kernels.p2g_backward[_launch_grid(n, PARTICLE_BLOCK)](
             x, v, F, C, control, particle_force,
             lam, lam.stride(0), mu, mu.stride(0), masses, masses.stride(0), volumes, volumes.stride(0),
             drag, prm, grad_grid, gx_part, gFh_part, g_F,
             gx, gv, gF, gC, gdF, gforce, glam, gmu, gmass, gvol, gdrag, n, nx, ny, nz,
             HAS_CONTROL=dF is not None, HAS_FORCE=force is not None, NEWTON=NEWTON_ITERATIONS,
-            BLOCK=PARTICLE_BLOCK, num_warps=PARTICLE_WARPS,
+            BLOCK=PARTICLE_BLOCK, UNROLL=STENCIL_UNROLL, num_warps=PARTICLE_WARPS,
         )
         return (
             gx, gv, gF, gC,

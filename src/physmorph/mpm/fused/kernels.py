@@ -5,8 +5,11 @@ Fh = F + ΔF (controlled gradient), R its polar rotation, P first Piola stress, 
 stress plus bulk viscosity, A the APIC affine momentum matrix, q the particle momentum, m mass,
 V rest volume, B the unscaled new affine velocity, s the trust-region scale. Matrices are nine
 scalars aRC (row R, column C). The grid is [G, 4] rows (mass, momentum x, y, z); node
-(i, j, k) sits at row (i·ny + j)·nz + k. `prm` holds the float settings in the data's dtype (so
-    float64 runs keep full precision): see PARAMETERS.
+(i, j, k) sits at row (i·ny + j)·nz + k. The grid update writes the node velocities once per
+step into a second [G, 4] buffer (vx, vy, vz, unused), which G2P and its adjoint gather.
+`prm` holds the float settings in the data's dtype (so float64 runs keep full precision): see
+PARAMETERS. Stencil loops run the first axis as a loop (unrolled UNROLL times) and unroll the
+other two, so each iteration issues 16 independent node gathers.
 """
 
 from __future__ import annotations
@@ -151,6 +154,34 @@ def _polar_adjoint(r00, r01, r02, r10, r11, r12, r20, r21, r22,
 
 
 @triton.jit
+def _scale9(s, a00, a01, a02, a10, a11, a12, a20, a21, a22):
+    return s * a00, s * a01, s * a02, s * a10, s * a11, s * a12, s * a20, s * a21, s * a22
+
+
+@triton.jit
+def _lincomb9(alpha, a00, a01, a02, a10, a11, a12, a20, a21, a22,
+              beta, b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    """α a + β b."""
+    return (alpha * a00 + beta * b00, alpha * a01 + beta * b01, alpha * a02 + beta * b02,
+            alpha * a10 + beta * b10, alpha * a11 + beta * b11, alpha * a12 + beta * b12,
+            alpha * a20 + beta * b20, alpha * a21 + beta * b21, alpha * a22 + beta * b22)
+
+
+@triton.jit
+def _dot9(a00, a01, a02, a10, a11, a12, a20, a21, a22, b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    """Frobenius product <a, b>."""
+    return (a00 * b00 + a01 * b01 + a02 * b02 + a10 * b10 + a11 * b11 + a12 * b12
+            + a20 * b20 + a21 * b21 + a22 * b22)
+
+
+@triton.jit
+def _axis(base, local, offset, dx):
+    """Weight, weight slope and offset x_i − x_p (grid units) of stencil node base + offset on one axis."""
+    d = (base + offset).to(local.dtype) - local
+    return _bspline(d), _bspline_slope(d), d * dx
+
+
+@triton.jit
 def _node_velocity(gm, gpx, gpy, gpz, ix, iy, iz, nx, ny, nz, dt, f0, f1, f2, mass_threshold,
                    CELLS: tl.constexpr, BOUNDARY: tl.constexpr):
     """Grid velocity of a node from its mass and momentum, with the wall condition.
@@ -190,6 +221,26 @@ def _node_velocity(gm, gpx, gpy, gpz, ix, iy, iz, nx, ny, nz, dt, f0, f1, f2, ma
 
 
 @triton.jit
+def _node_rows(grid_ptr, force_ptr, prm_ptr, offs, mask, nx, ny, nz,
+               CELLS: tl.constexpr, BOUNDARY: tl.constexpr):
+    """Momentum of grid rows `offs` and their velocities, keep flags and safe masses (_node_velocity)."""
+    dt = tl.load(prm_ptr + 0)
+    mass_threshold = tl.load(prm_ptr + 10)
+    iz = offs % nz
+    iy = (offs // nz) % ny
+    ix = offs // (ny * nz)
+    gm = tl.load(grid_ptr + offs * 4 + 0, mask=mask, other=0.0)
+    p0 = tl.load(grid_ptr + offs * 4 + 1, mask=mask, other=0.0)
+    p1 = tl.load(grid_ptr + offs * 4 + 2, mask=mask, other=0.0)
+    p2 = tl.load(grid_ptr + offs * 4 + 3, mask=mask, other=0.0)
+    v0, v1, v2, k0, k1, k2, safe = _node_velocity(
+        gm, p0, p1, p2, ix, iy, iz, nx, ny, nz, dt,
+        tl.load(force_ptr + 0), tl.load(force_ptr + 1), tl.load(force_ptr + 2),
+        mass_threshold, CELLS, BOUNDARY)
+    return gm, p0, p1, p2, v0, v1, v2, k0, k1, k2, safe
+
+
+@triton.jit
 def _load_matrix(ptr, offs, mask):
     p = ptr + offs * 9
     return (
@@ -216,6 +267,19 @@ def _store_matrix(ptr, offs, mask, a00, a01, a02, a10, a11, a12, a20, a21, a22):
 
 
 @triton.jit
+def _load_vector(ptr, offs, mask):
+    return (tl.load(ptr + offs * 3 + 0, mask=mask, other=0.0), tl.load(ptr + offs * 3 + 1, mask=mask, other=0.0),
+            tl.load(ptr + offs * 3 + 2, mask=mask, other=0.0))
+
+
+@triton.jit
+def _store_vector(ptr, offs, mask, a0, a1, a2):
+    tl.store(ptr + offs * 3 + 0, a0, mask=mask)
+    tl.store(ptr + offs * 3 + 1, a1, mask=mask)
+    tl.store(ptr + offs * 3 + 2, a2, mask=mask)
+
+
+@triton.jit
 def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL: tl.constexpr):
     """Fh = F + ΔF."""
     if HAS_CONTROL:
@@ -229,9 +293,7 @@ def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask,
 def _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz):
     """Position x, position in cells relative to the grid minimum, and the clamped base node."""
     dx = tl.load(prm_ptr + 1)
-    x0 = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0)
-    x1 = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0)
-    x2 = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    x0, x1, x2 = _load_vector(x_ptr, offs, mask)
     l0 = (x0 - tl.load(prm_ptr + 2)) / dx
     l1 = (x1 - tl.load(prm_ptr + 3)) / dx
     l2 = (x2 - tl.load(prm_ptr + 4)) / dx
@@ -276,6 +338,53 @@ def _sorted_block(order_ptr, keys_ptr, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _stress(h00, h01, h02, h10, h11, h12, h20, h21, h22, lam, mu, floor_j, tiny, NEWTON: tl.constexpr):
+    """Fixed-corotated first Piola stress P = 2μ (Fh − R) + λ (J − 1) J Fh⁻ᵀ, with J = max(det Fh, J_min).
+
+    Returns R, the cofactor K = det(Fh) Fh⁻ᵀ, det Fh, J, the guarded det, the coefficient
+    a = λ (J − 1) J / det of K, and P.
+    """
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _polar(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22, NEWTON)
+    k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22)
+    det = h00 * k00 + h01 * k01 + h02 * k02
+    J = tl.maximum(det, floor_j)
+    safe_det = tl.where(tl.abs(det) < tiny, tiny, det)
+    a = lam * (J - 1.0) * (J / safe_det)
+    two_mu = 2.0 * mu
+    p00, p01, p02, p10, p11, p12, p20, p21, p22 = _lincomb9(
+        two_mu, h00 - r00, h01 - r01, h02 - r02, h10 - r10, h11 - r11, h12 - r12, h20 - r20, h21 - r21, h22 - r22,
+        a, k00, k01, k02, k10, k11, k12, k20, k21, k22)
+    return (r00, r01, r02, r10, r11, r12, r20, r21, r22, k00, k01, k02, k10, k11, k12, k20, k21, k22,
+            det, J, safe_det, a, p00, p01, p02, p10, p11, p12, p20, p21, p22)
+
+
+@triton.jit
+def _kirchhoff(p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h01, h02, h10, h11, h12, h20, h21, h22,
+               c00, c11, c22, zeta):
+    """τ = P Fhᵀ + ζ tr(C) I (Kirchhoff stress plus bulk viscosity)."""
+    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _matmul(
+        p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h10, h20, h01, h11, h21, h02, h12, h22)
+    visc = zeta * (c00 + c11 + c22)
+    return t00 + visc, t01, t02, t10, t11 + visc, t12, t20, t21, t22 + visc
+
+
+@triton.jit
+def _particle_momentum(m, damp, v0, v1, v2, force_ptr, offs, mask, dt, HAS_FORCE: tl.constexpr):
+    """q = m (1 − dt·drag) v + dt f."""
+    q0 = m * damp * v0
+    q1 = m * damp * v1
+    q2 = m * damp * v2
+    if HAS_FORCE:
+        f0, f1, f2 = _load_vector(force_ptr, offs, mask)
+        q0 += dt * f0
+        q1 += dt * f1
+        q2 += dt * f2
+    return q0, q1, q2
+
+
+@triton.jit
 def cell_keys(x_ptr, prm_ptr, keys_ptr, N, nx, ny, nz, BLOCK: tl.constexpr):
     """Flat index of each particle's base stencil node, [N] int32 (the sort key)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -290,6 +399,7 @@ def p2g_forward(
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
     drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, N, nx, ny, nz,
     HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Stress and P2G: adds each particle's mass and momentum to its 64 nodes.
 
@@ -301,183 +411,146 @@ def p2g_forward(
     dx = tl.load(prm_ptr + 1)
     scale = tl.load(prm_ptr + 5)
     zeta = tl.load(prm_ptr + 6)
-    floor_j = tl.load(prm_ptr + 9)
-    tiny = tl.load(prm_ptr + 11)
-    drag = tl.load(drag_ptr)
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = _load_matrix(C_ptr, offs, mask)
-    lam = _load_field(lam_ptr, lam_stride, offs, mask)
-    mu = _load_field(mu_ptr, mu_stride, offs, mask)
     m = _load_field(mass_ptr, mass_stride, offs, mask)
-    vol = _load_field(vol_ptr, vol_stride, offs, mask)
+    (_r00, _r01, _r02, _r10, _r11, _r12, _r20, _r21, _r22, _k00, _k01, _k02, _k10, _k11, _k12, _k20, _k21, _k22,
+     _det, _J, _safe_det, _a, p00, p01, p02, p10, p11, p12, p20, p21, p22) = _stress(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22,
+        _load_field(lam_ptr, lam_stride, offs, mask), _load_field(mu_ptr, mu_stride, offs, mask),
+        tl.load(prm_ptr + 9), tl.load(prm_ptr + 11), NEWTON)
+    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _kirchhoff(
+        p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h01, h02, h10, h11, h12, h20, h21, h22,
+        c00, c11, c22, zeta)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _lincomb9(
+        -scale * dt * _load_field(vol_ptr, vol_stride, offs, mask), t00, t01, t02, t10, t11, t12, t20, t21, t22,
+        m, c00, c01, c02, c10, c11, c12, c20, c21, c22)
+    v0, v1, v2 = _load_vector(v_ptr, offs, mask)
+    q0, q1, q2 = _particle_momentum(m, 1.0 - dt * tl.load(drag_ptr), v0, v1, v2, force_ptr, offs, mask, dt, HAS_FORCE)
 
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _polar(
-        h00, h01, h02, h10, h11, h12, h20, h21, h22, NEWTON)
-    k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
-        h00, h01, h02, h10, h11, h12, h20, h21, h22)
-    det = h00 * k00 + h01 * k01 + h02 * k02
-    J = tl.maximum(det, floor_j)
-    safe_det = tl.where(tl.abs(det) < tiny, tiny, det)
-    a = lam * (J - 1.0) * (J / safe_det)
-    two_mu = 2.0 * mu
-    p00, p01, p02 = two_mu * (h00 - r00) + a * k00, two_mu * (h01 - r01) + a * k01, two_mu * (h02 - r02) + a * k02
-    p10, p11, p12 = two_mu * (h10 - r10) + a * k10, two_mu * (h11 - r11) + a * k11, two_mu * (h12 - r12) + a * k12
-    p20, p21, p22 = two_mu * (h20 - r20) + a * k20, two_mu * (h21 - r21) + a * k21, two_mu * (h22 - r22) + a * k22
-    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _matmul(
-        p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h10, h20, h01, h11, h21, h02, h12, h22)
-    visc = zeta * (c00 + c11 + c22)
-    t00 += visc
-    t11 += visc
-    t22 += visc
-    e = -scale * dt * vol
-    a00, a01, a02 = e * t00 + m * c00, e * t01 + m * c01, e * t02 + m * c02
-    a10, a11, a12 = e * t10 + m * c10, e * t11 + m * c11, e * t12 + m * c12
-    a20, a21, a22 = e * t20 + m * c20, e * t21 + m * c21, e * t22 + m * c22
-    damp = m * (1.0 - dt * drag)
-    q0 = damp * tl.load(v_ptr + offs * 3 + 0, mask=mask, other=0.0)
-    q1 = damp * tl.load(v_ptr + offs * 3 + 1, mask=mask, other=0.0)
-    q2 = damp * tl.load(v_ptr + offs * 3 + 2, mask=mask, other=0.0)
-    if HAS_FORCE:
-        q0 += dt * tl.load(force_ptr + offs * 3 + 0, mask=mask, other=0.0)
-        q1 += dt * tl.load(force_ptr + offs * 3 + 1, mask=mask, other=0.0)
-        q2 += dt * tl.load(force_ptr + offs * 3 + 2, mask=mask, other=0.0)
-
-    for node_in_stencil in range(64):
-        i = node_in_stencil // 16
-        j = (node_in_stencil // 4) % 4
-        k = node_in_stencil % 4
-        d0 = (b0 + i).to(l0.dtype) - l0
-        w0 = _bspline(d0)
-        o0 = d0 * dx
-        d1 = (b1 + j).to(l1.dtype) - l1
-        w01 = w0 * _bspline(d1)
-        o1 = d1 * dx
-        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-        d2 = (b2 + k).to(l2.dtype) - l2
-        w = w01 * _bspline(d2)
-        o2 = d2 * dx
-        _key, run_m, run0, run1, run2 = tl.associative_scan(
-            (key, w * m, w * (q0 + a00 * o0 + a01 * o1 + a02 * o2),
-             w * (q1 + a10 * o0 + a11 * o1 + a12 * o2), w * (q2 + a20 * o0 + a21 * o1 + a22 * o2)),
-            0, _segment_sum4)
-        node = grid_ptr + (row + k) * 4
-        tl.atomic_add(node + 0, run_m, mask=last, sem="relaxed")
-        tl.atomic_add(node + 1, run0, mask=last, sem="relaxed")
-        tl.atomic_add(node + 2, run1, mask=last, sem="relaxed")
-        tl.atomic_add(node + 3, run2, mask=last, sem="relaxed")
+    for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
+        w0, _s0, o0 = _axis(b0, l0, i, dx)
+        for j in tl.static_range(4):
+            w1, _s1, o1 = _axis(b1, l1, j, dx)
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                w2, _s2, o2 = _axis(b2, l2, k, dx)
+                w = w0 * w1 * w2
+                _key, run_m, run0, run1, run2 = tl.associative_scan(
+                    (key, w * m, w * (q0 + a00 * o0 + a01 * o1 + a02 * o2),
+                     w * (q1 + a10 * o0 + a11 * o1 + a12 * o2), w * (q2 + a20 * o0 + a21 * o1 + a22 * o2)),
+                    0, _segment_sum4)
+                node = grid_ptr + (row + k) * 4
+                tl.atomic_add(node + 0, run_m, mask=last, sem="relaxed")
+                tl.atomic_add(node + 1, run0, mask=last, sem="relaxed")
+                tl.atomic_add(node + 2, run1, mask=last, sem="relaxed")
+                tl.atomic_add(node + 3, run2, mask=last, sem="relaxed")
 
 
 @triton.jit
-def _trust_scale(b00, b11, b22, J0, dt, trust_j):
-    """Trust-region factor s and the clamp's raw value: s shrinks a compressive C."""
+def grid_velocity(grid_ptr, force_ptr, prm_ptr, velocity_ptr, G, nx, ny, nz,
+                  CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid update: node velocities [G, 4] (vx, vy, vz, unused) from mass and momentum, walls applied."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < G
+    _gm, _p0, _p1, _p2, v0, v1, v2, _k0, _k1, _k2, _safe = _node_rows(
+        grid_ptr, force_ptr, prm_ptr, offs, mask, nx, ny, nz, CELLS, BOUNDARY)
+    tl.store(velocity_ptr + offs * 4 + 0, v0, mask=mask)
+    tl.store(velocity_ptr + offs * 4 + 1, v1, mask=mask)
+    tl.store(velocity_ptr + offs * 4 + 2, v2, mask=mask)
+
+
+@triton.jit
+def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL: tl.constexpr):
+    """PIC velocity Σ w v_i and the APIC matrix B = D Σ w v_i (x_i − x_p)ᵀ over the 64 stencil nodes."""
+    zero = 0.0 * l0
+    u0 = zero
+    u1 = zero
+    u2 = zero
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
+        w0, _s0, o0 = _axis(b0, l0, i, dx)
+        for j in tl.static_range(4):
+            w1, _s1, o1 = _axis(b1, l1, j, dx)
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                w2, _s2, o2 = _axis(b2, l2, k, dx)
+                w = w0 * w1 * w2
+                node = velocity_ptr + (row + k) * 4
+                wn0 = w * tl.load(node + 0, mask=mask, other=0.0)
+                wn1 = w * tl.load(node + 1, mask=mask, other=0.0)
+                wn2 = w * tl.load(node + 2, mask=mask, other=0.0)
+                u0 += wn0
+                u1 += wn1
+                u2 += wn2
+                b00 += wn0 * o0
+                b01 += wn0 * o1
+                b02 += wn0 * o2
+                b10 += wn1 * o0
+                b11 += wn1 * o1
+                b12 += wn1 * o2
+                b20 += wn2 * o0
+                b21 += wn2 * o1
+                b22 += wn2 * o2
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = _scale9(scale, b00, b01, b02, b10, b11, b12, b20, b21, b22)
+    return u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22
+
+
+@triton.jit
+def _trust_scale(b00, b11, b22, det, dt, trust_j, floor_j):
+    """Trust-region factor s (shrinks a compressive C' = s B), the clamp's raw value and J0."""
+    J0 = tl.maximum(det, floor_j)
     rate = b00 + b11 + b22
     compressing = rate < 0
     safe_rate = tl.where(compressing, rate, -1.0)
     raw = (trust_j / J0 - 1.0) / (dt * safe_rate)
     s = tl.where(compressing, tl.minimum(tl.maximum(raw, 0.0), 1.0), 1.0)
     active = compressing & (raw >= 0.0) & (raw <= 1.0)
-    return s, raw, safe_rate, active
+    return s, raw, safe_rate, active, J0
 
 
 @triton.jit
 def g2p_forward(
-    x_ptr, F_ptr, dF_ptr, grid_ptr, force_ptr, prm_ptr,
+    x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     x_out, v_out, F_out, C_out, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_CONTROL: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
 ):
-    """Grid velocities (computed on the fly), G2P, trust region, smoothed F update, advection."""
+    """G2P from the node velocities, trust region, smoothed F update, advection."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     dt = tl.load(prm_ptr + 0)
-    dx = tl.load(prm_ptr + 1)
-    scale = tl.load(prm_ptr + 5)
     beta = tl.load(prm_ptr + 7)
-    trust_j = tl.load(prm_ptr + 8)
-    floor_j = tl.load(prm_ptr + 9)
-    mass_threshold = tl.load(prm_ptr + 10)
-    f0 = tl.load(force_ptr + 0)
-    f1 = tl.load(force_ptr + 1)
-    f2 = tl.load(force_ptr + 2)
     x0, x1, x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
-    zero = 0.0 * l0
-    u0 = zero
-    u1 = zero
-    u2 = zero
-    b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
-    for node_in_stencil in range(64):
-        i = node_in_stencil // 16
-        j = (node_in_stencil // 4) % 4
-        k = node_in_stencil % 4
-        d0 = (b0 + i).to(l0.dtype) - l0
-        w0 = _bspline(d0)
-        o0 = d0 * dx
-        d1 = (b1 + j).to(l1.dtype) - l1
-        w01 = w0 * _bspline(d1)
-        o1 = d1 * dx
-        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-        d2 = (b2 + k).to(l2.dtype) - l2
-        w = w01 * _bspline(d2)
-        o2 = d2 * dx
-        node = grid_ptr + (row + k) * 4
-        gm = tl.load(node + 0, mask=mask, other=0.0)
-        gp0 = tl.load(node + 1, mask=mask, other=0.0)
-        gp1 = tl.load(node + 2, mask=mask, other=0.0)
-        gp2 = tl.load(node + 3, mask=mask, other=0.0)
-        n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
-            gm, gp0, gp1, gp2, b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
-            mass_threshold, CELLS, BOUNDARY)
-        wn0 = w * n0
-        wn1 = w * n1
-        wn2 = w * n2
-        u0 += wn0
-        u1 += wn1
-        u2 += wn2
-        b00 += wn0 * o0
-        b01 += wn0 * o1
-        b02 += wn0 * o2
-        b10 += wn1 * o0
-        b11 += wn1 * o1
-        b12 += wn1 * o2
-        b20 += wn2 * o0
-        b21 += wn2 * o1
-        b22 += wn2 * o2
-    b00, b01, b02 = scale * b00, scale * b01, scale * b02
-    b10, b11, b12 = scale * b10, scale * b11, scale * b12
-    b20, b21, b22 = scale * b20, scale * b21, scale * b22
+    u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
+        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, tl.load(prm_ptr + 1), tl.load(prm_ptr + 5), UNROLL)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
-    J0 = tl.maximum(_det(h00, h01, h02, h10, h11, h12, h20, h21, h22), floor_j)
-    s, _raw, _rate, _active = _trust_scale(b00, b11, b22, J0, dt, trust_j)
-    c00, c01, c02 = s * b00, s * b01, s * b02
-    c10, c11, c12 = s * b10, s * b11, s * b12
-    c20, c21, c22 = s * b20, s * b21, s * b22
+    s, _raw, _rate, _active, _J0 = _trust_scale(
+        b00, b11, b22, _det(h00, h01, h02, h10, h11, h12, h20, h21, h22), dt,
+        tl.load(prm_ptr + 8), tl.load(prm_ptr + 9))
+    c00, c01, c02, c10, c11, c12, c20, c21, c22 = _scale9(s, b00, b01, b02, b10, b11, b12, b20, b21, b22)
     e00, e01, e02, e10, e11, e12, e20, e21, e22 = _matmul(
         1.0 + dt * c00, dt * c01, dt * c02, dt * c10, 1.0 + dt * c11, dt * c12,
         dt * c20, dt * c21, 1.0 + dt * c22, h00, h01, h02, h10, h11, h12, h20, h21, h22)
-    keep = 1.0 - beta
-    _store_matrix(F_out, offs, mask,
-                  keep * e00 + beta * f00, keep * e01 + beta * f01, keep * e02 + beta * f02,
-                  keep * e10 + beta * f10, keep * e11 + beta * f11, keep * e12 + beta * f12,
-                  keep * e20 + beta * f20, keep * e21 + beta * f21, keep * e22 + beta * f22)
+    e00, e01, e02, e10, e11, e12, e20, e21, e22 = _lincomb9(
+        1.0 - beta, e00, e01, e02, e10, e11, e12, e20, e21, e22,
+        beta, f00, f01, f02, f10, f11, f12, f20, f21, f22)
+    _store_matrix(F_out, offs, mask, e00, e01, e02, e10, e11, e12, e20, e21, e22)
     _store_matrix(C_out, offs, mask, c00, c01, c02, c10, c11, c12, c20, c21, c22)
-    tl.store(v_out + offs * 3 + 0, u0, mask=mask)
-    tl.store(v_out + offs * 3 + 1, u1, mask=mask)
-    tl.store(v_out + offs * 3 + 2, u2, mask=mask)
-    tl.store(x_out + offs * 3 + 0, x0 + dt * u0, mask=mask)
-    tl.store(x_out + offs * 3 + 1, x1 + dt * u1, mask=mask)
-    tl.store(x_out + offs * 3 + 2, x2 + dt * u2, mask=mask)
+    _store_vector(v_out, offs, mask, u0, u1, u2)
+    _store_vector(x_out, offs, mask, x0 + dt * u0, x1 + dt * u1, x2 + dt * u2)
 
 
 @triton.jit
 def g2p_backward(
-    x_ptr, F_ptr, dF_ptr, grid_ptr, force_ptr, prm_ptr,
+    x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
     grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_CONTROL: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Adjoint of G2P, the trust region and the F update.
 
@@ -491,54 +564,17 @@ def g2p_backward(
     beta = tl.load(prm_ptr + 7)
     trust_j = tl.load(prm_ptr + 8)
     floor_j = tl.load(prm_ptr + 9)
-    mass_threshold = tl.load(prm_ptr + 10)
-    f0 = tl.load(force_ptr + 0)
-    f1 = tl.load(force_ptr + 1)
-    f2 = tl.load(force_ptr + 2)
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
-    zero = 0.0 * l0
-    # forward recompute of B (unscaled sum) for the trust region
-    b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
-    for node_in_stencil in range(64):
-        i = node_in_stencil // 16
-        j = (node_in_stencil // 4) % 4
-        k = node_in_stencil % 4
-        d0 = (b0 + i).to(l0.dtype) - l0
-        w0 = _bspline(d0)
-        o0 = d0 * dx
-        d1 = (b1 + j).to(l1.dtype) - l1
-        w01 = w0 * _bspline(d1)
-        o1 = d1 * dx
-        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-        d2 = (b2 + k).to(l2.dtype) - l2
-        w = w01 * _bspline(d2)
-        o2 = d2 * dx
-        node = grid_ptr + (row + k) * 4
-        n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
-            tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
-            tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
-            b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
-            mass_threshold, CELLS, BOUNDARY)
-        b00 += w * n0 * o0
-        b01 += w * n0 * o1
-        b02 += w * n0 * o2
-        b10 += w * n1 * o0
-        b11 += w * n1 * o1
-        b12 += w * n1 * o2
-        b20 += w * n2 * o0
-        b21 += w * n2 * o1
-        b22 += w * n2 * o2
-    b00, b01, b02 = scale * b00, scale * b01, scale * b02
-    b10, b11, b12 = scale * b10, scale * b11, scale * b12
-    b20, b21, b22 = scale * b20, scale * b21, scale * b22
+    # forward recompute of B for the trust region
+    _u0, _u1, _u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
+        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
     k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
         h00, h01, h02, h10, h11, h12, h20, h21, h22)
     det = h00 * k00 + h01 * k01 + h02 * k02
-    J0 = tl.maximum(det, floor_j)
-    s, raw, safe_rate, active = _trust_scale(b00, b11, b22, J0, dt, trust_j)
+    s, raw, safe_rate, active, J0 = _trust_scale(b00, b11, b22, det, dt, trust_j, floor_j)
 
     go00, go01, go02, go10, go11, go12, go20, go21, go22 = _load_matrix(gF_out_ptr, offs, mask)
     gc00, gc01, gc02, gc10, gc11, gc12, gc20, gc21, gc22 = _load_matrix(gC_out_ptr, offs, mask)
@@ -546,82 +582,59 @@ def g2p_backward(
     # C' enters F' = (1 − β)(I + dt C') Fh + β F: ∂/∂C' = (1 − β) dt gF' Fhᵀ
     t00, t01, t02, t10, t11, t12, t20, t21, t22 = _matmul(
         go00, go01, go02, go10, go11, go12, go20, go21, go22, h00, h10, h20, h01, h11, h21, h02, h12, h22)
-    e = keep * dt
-    gc00, gc01, gc02 = gc00 + e * t00, gc01 + e * t01, gc02 + e * t02
-    gc10, gc11, gc12 = gc10 + e * t10, gc11 + e * t11, gc12 + e * t12
-    gc20, gc21, gc22 = gc20 + e * t20, gc21 + e * t21, gc22 + e * t22
+    gc00, gc01, gc02, gc10, gc11, gc12, gc20, gc21, gc22 = _lincomb9(
+        1.0, gc00, gc01, gc02, gc10, gc11, gc12, gc20, gc21, gc22,
+        keep * dt, t00, t01, t02, t10, t11, t12, t20, t21, t22)
     # ∂/∂Fh = (1 − β)(I + dt C')ᵀ gF'
     gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22 = _matmul(
         1.0 + dt * s * b00, dt * s * b10, dt * s * b20, dt * s * b01, 1.0 + dt * s * b11, dt * s * b21,
         dt * s * b02, dt * s * b12, 1.0 + dt * s * b22,
         go00, go01, go02, go10, go11, go12, go20, go21, go22)
-    gh00, gh01, gh02 = keep * gh00, keep * gh01, keep * gh02
-    gh10, gh11, gh12 = keep * gh10, keep * gh11, keep * gh12
-    gh20, gh21, gh22 = keep * gh20, keep * gh21, keep * gh22
-    # C' = s B
-    g_s = (gc00 * b00 + gc01 * b01 + gc02 * b02 + gc10 * b10 + gc11 * b11 + gc12 * b12
-           + gc20 * b20 + gc21 * b21 + gc22 * b22)
-    g_raw = tl.where(active, g_s, 0.0)
+    # C' = s B, s from the clamped raw = (J_min / J0 − 1) / (dt tr B)
+    g_raw = tl.where(active, _dot9(gc00, gc01, gc02, gc10, gc11, gc12, gc20, gc21, gc22,
+                                   b00, b01, b02, b10, b11, b12, b20, b21, b22), 0.0)
     g_rate = -g_raw * raw / safe_rate
     g_J0 = tl.where(det >= floor_j, -g_raw * trust_j / (J0 * J0 * dt * safe_rate), 0.0)
-    gh00, gh01, gh02 = gh00 + g_J0 * k00, gh01 + g_J0 * k01, gh02 + g_J0 * k02
-    gh10, gh11, gh12 = gh10 + g_J0 * k10, gh11 + g_J0 * k11, gh12 + g_J0 * k12
-    gh20, gh21, gh22 = gh20 + g_J0 * k20, gh21 + g_J0 * k21, gh22 + g_J0 * k22
+    gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22 = _lincomb9(
+        keep, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22,
+        g_J0, k00, k01, k02, k10, k11, k12, k20, k21, k22)
     # gradient of the scaled sum D·Σ w v oᵀ
     gb00, gb01, gb02 = scale * (s * gc00 + g_rate), scale * s * gc01, scale * s * gc02
     gb10, gb11, gb12 = scale * s * gc10, scale * (s * gc11 + g_rate), scale * s * gc12
     gb20, gb21, gb22 = scale * s * gc20, scale * s * gc21, scale * (s * gc22 + g_rate)
-    gxo0 = tl.load(gx_out_ptr + offs * 3 + 0, mask=mask, other=0.0)
-    gxo1 = tl.load(gx_out_ptr + offs * 3 + 1, mask=mask, other=0.0)
-    gxo2 = tl.load(gx_out_ptr + offs * 3 + 2, mask=mask, other=0.0)
-    gu0 = dt * gxo0 + tl.load(gv_out_ptr + offs * 3 + 0, mask=mask, other=0.0)
-    gu1 = dt * gxo1 + tl.load(gv_out_ptr + offs * 3 + 1, mask=mask, other=0.0)
-    gu2 = dt * gxo2 + tl.load(gv_out_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    gx0, gx1, gx2 = _load_vector(gx_out_ptr, offs, mask)
+    gv0, gv1, gv2 = _load_vector(gv_out_ptr, offs, mask)
+    gu0 = dt * gx0 + gv0
+    gu1 = dt * gx1 + gv1
+    gu2 = dt * gx2 + gv2
 
-    gx0 = gxo0
-    gx1 = gxo1
-    gx2 = gxo2
     inv_dx = 1.0 / dx
-    for node_in_stencil in range(64):
-        i = node_in_stencil // 16
-        j = (node_in_stencil // 4) % 4
-        k = node_in_stencil % 4
-        d0 = (b0 + i).to(l0.dtype) - l0
-        w0 = _bspline(d0)
-        s0 = _bspline_slope(d0)
-        o0 = d0 * dx
-        d1 = (b1 + j).to(l1.dtype) - l1
-        w1 = _bspline(d1)
-        s1 = _bspline_slope(d1)
-        o1 = d1 * dx
-        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-        d2 = (b2 + k).to(l2.dtype) - l2
-        w2 = _bspline(d2)
-        s2 = _bspline_slope(d2)
-        o2 = d2 * dx
-        w = w0 * w1 * w2
-        node = grid_ptr + (row + k) * 4
-        n0, n1, n2, _k0, _k1, _k2, _s = _node_velocity(
-            tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
-            tl.load(node + 2, mask=mask, other=0.0), tl.load(node + 3, mask=mask, other=0.0),
-            b0 + i, b1 + j, b2 + k, nx, ny, nz, dt, f0, f1, f2,
-            mass_threshold, CELLS, BOUNDARY)
-        # per-node gradient of the velocity the particle reads
-        r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
-        r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
-        r2 = gu2 + gb20 * o0 + gb21 * o1 + gb22 * o2
-        _key, run0, run1, run2 = tl.associative_scan((key, w * r0, w * r1, w * r2), 0, _segment_sum3)
-        gnode = grad_grid_ptr + (row + k) * 4
-        tl.atomic_add(gnode + 1, run0, mask=last, sem="relaxed")
-        tl.atomic_add(gnode + 2, run1, mask=last, sem="relaxed")
-        tl.atomic_add(gnode + 3, run2, mask=last, sem="relaxed")
-        g_w = (n0 * r0 + n1 * r1 + n2 * r2) * inv_dx
-        gx0 -= g_w * s0 * w1 * w2 + w * (gb00 * n0 + gb10 * n1 + gb20 * n2)
-        gx1 -= g_w * w0 * s1 * w2 + w * (gb01 * n0 + gb11 * n1 + gb21 * n2)
-        gx2 -= g_w * w0 * w1 * s2 + w * (gb02 * n0 + gb12 * n1 + gb22 * n2)
-    tl.store(gx_part_ptr + offs * 3 + 0, gx0, mask=mask)
-    tl.store(gx_part_ptr + offs * 3 + 1, gx1, mask=mask)
-    tl.store(gx_part_ptr + offs * 3 + 2, gx2, mask=mask)
+    for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
+        w0, s0, o0 = _axis(b0, l0, i, dx)
+        for j in tl.static_range(4):
+            w1, s1, o1 = _axis(b1, l1, j, dx)
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                w2, s2, o2 = _axis(b2, l2, k, dx)
+                w = w0 * w1 * w2
+                node = velocity_ptr + (row + k) * 4
+                n0 = tl.load(node + 0, mask=mask, other=0.0)
+                n1 = tl.load(node + 1, mask=mask, other=0.0)
+                n2 = tl.load(node + 2, mask=mask, other=0.0)
+                # per-node gradient of the velocity the particle reads
+                r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
+                r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
+                r2 = gu2 + gb20 * o0 + gb21 * o1 + gb22 * o2
+                _key, run0, run1, run2 = tl.associative_scan((key, w * r0, w * r1, w * r2), 0, _segment_sum3)
+                gnode = grad_grid_ptr + (row + k) * 4
+                tl.atomic_add(gnode + 1, run0, mask=last, sem="relaxed")
+                tl.atomic_add(gnode + 2, run1, mask=last, sem="relaxed")
+                tl.atomic_add(gnode + 3, run2, mask=last, sem="relaxed")
+                g_w = (n0 * r0 + n1 * r1 + n2 * r2) * inv_dx
+                gx0 -= g_w * s0 * w1 * w2 + w * (gb00 * n0 + gb10 * n1 + gb20 * n2)
+                gx1 -= g_w * w0 * s1 * w2 + w * (gb01 * n0 + gb11 * n1 + gb21 * n2)
+                gx2 -= g_w * w0 * w1 * s2 + w * (gb02 * n0 + gb12 * n1 + gb22 * n2)
+    _store_vector(gx_part_ptr, offs, mask, gx0, gx1, gx2)
     _store_matrix(gFh_part_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
 
 
@@ -637,25 +650,11 @@ def grid_backward(
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < G
     dt = tl.load(prm_ptr + 0)
-    mass_threshold = tl.load(prm_ptr + 10)
-    f0 = tl.load(force_ptr + 0)
-    f1 = tl.load(force_ptr + 1)
-    f2 = tl.load(force_ptr + 2)
-    iz = offs % nz
-    iy = (offs // nz) % ny
-    ix = offs // (ny * nz)
-    gm = tl.load(grid_ptr + offs * 4 + 0, mask=mask, other=0.0)
-    p0 = tl.load(grid_ptr + offs * 4 + 1, mask=mask, other=0.0)
-    p1 = tl.load(grid_ptr + offs * 4 + 2, mask=mask, other=0.0)
-    p2 = tl.load(grid_ptr + offs * 4 + 3, mask=mask, other=0.0)
-    gv0 = tl.load(grad_grid_ptr + offs * 4 + 1, mask=mask, other=0.0)
-    gv1 = tl.load(grad_grid_ptr + offs * 4 + 2, mask=mask, other=0.0)
-    gv2 = tl.load(grad_grid_ptr + offs * 4 + 3, mask=mask, other=0.0)
-    _v0, _v1, _v2, k0, k1, k2, safe = _node_velocity(
-        gm, p0, p1, p2, ix, iy, iz, nx, ny, nz, dt, f0, f1, f2, mass_threshold, CELLS, BOUNDARY)
-    gv0 = tl.where(k0, gv0, 0.0)
-    gv1 = tl.where(k1, gv1, 0.0)
-    gv2 = tl.where(k2, gv2, 0.0)
+    gm, p0, p1, p2, _v0, _v1, _v2, k0, k1, k2, safe = _node_rows(
+        grid_ptr, force_ptr, prm_ptr, offs, mask, nx, ny, nz, CELLS, BOUNDARY)
+    gv0 = tl.where(k0, tl.load(grad_grid_ptr + offs * 4 + 1, mask=mask, other=0.0), 0.0)
+    gv1 = tl.where(k1, tl.load(grad_grid_ptr + offs * 4 + 2, mask=mask, other=0.0), 0.0)
+    gv2 = tl.where(k2, tl.load(grad_grid_ptr + offs * 4 + 3, mask=mask, other=0.0), 0.0)
     g_mass = -(gv0 * p0 + gv1 * p1 + gv2 * p2) / (safe * safe)
     g_mass = tl.where(gm >= 0.0, g_mass, 0.0)
     tl.store(grad_grid_ptr + offs * 4 + 0, g_mass, mask=mask)
@@ -675,6 +674,7 @@ def p2g_backward(
     gx_ptr, gv_ptr, gF_ptr, gC_ptr, gdF_ptr, gforce_ptr,
     glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz,
     HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Adjoint of the stress and P2G; finishes every particle and material gradient."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -686,7 +686,6 @@ def p2g_backward(
     beta = tl.load(prm_ptr + 7)
     floor_j = tl.load(prm_ptr + 9)
     tiny = tl.load(prm_ptr + 11)
-    drag = tl.load(drag_ptr)
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
@@ -695,42 +694,20 @@ def p2g_backward(
     lam = _load_field(lam_ptr, lam_stride, offs, mask)
     mu = _load_field(mu_ptr, mu_stride, offs, mask)
     m = _load_field(mass_ptr, mass_stride, offs, mask)
-    vol = _load_field(vol_ptr, vol_stride, offs, mask)
-    v0 = tl.load(v_ptr + offs * 3 + 0, mask=mask, other=0.0)
-    v1 = tl.load(v_ptr + offs * 3 + 1, mask=mask, other=0.0)
-    v2 = tl.load(v_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    v0, v1, v2 = _load_vector(v_ptr, offs, mask)
 
     # forward recompute
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _polar(
-        h00, h01, h02, h10, h11, h12, h20, h21, h22, NEWTON)
-    k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
-        h00, h01, h02, h10, h11, h12, h20, h21, h22)
-    det = h00 * k00 + h01 * k01 + h02 * k02
-    J = tl.maximum(det, floor_j)
-    safe_det = tl.where(tl.abs(det) < tiny, tiny, det)
-    a = lam * (J - 1.0) * (J / safe_det)
-    two_mu = 2.0 * mu
-    p00, p01, p02 = two_mu * (h00 - r00) + a * k00, two_mu * (h01 - r01) + a * k01, two_mu * (h02 - r02) + a * k02
-    p10, p11, p12 = two_mu * (h10 - r10) + a * k10, two_mu * (h11 - r11) + a * k11, two_mu * (h12 - r12) + a * k12
-    p20, p21, p22 = two_mu * (h20 - r20) + a * k20, two_mu * (h21 - r21) + a * k21, two_mu * (h22 - r22) + a * k22
-    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _matmul(
-        p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h10, h20, h01, h11, h21, h02, h12, h22)
-    visc = zeta * (c00 + c11 + c22)
-    t00 += visc
-    t11 += visc
-    t22 += visc
-    e = -scale * dt * vol
-    a00, a01, a02 = e * t00 + m * c00, e * t01 + m * c01, e * t02 + m * c02
-    a10, a11, a12 = e * t10 + m * c10, e * t11 + m * c11, e * t12 + m * c12
-    a20, a21, a22 = e * t20 + m * c20, e * t21 + m * c21, e * t22 + m * c22
-    damp = 1.0 - dt * drag
-    q0 = m * damp * v0
-    q1 = m * damp * v1
-    q2 = m * damp * v2
-    if HAS_FORCE:
-        q0 += dt * tl.load(force_ptr + offs * 3 + 0, mask=mask, other=0.0)
-        q1 += dt * tl.load(force_ptr + offs * 3 + 1, mask=mask, other=0.0)
-        q2 += dt * tl.load(force_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    (r00, r01, r02, r10, r11, r12, r20, r21, r22, k00, k01, k02, k10, k11, k12, k20, k21, k22,
+     det, J, safe_det, a, p00, p01, p02, p10, p11, p12, p20, p21, p22) = _stress(
+        h00, h01, h02, h10, h11, h12, h20, h21, h22, lam, mu, floor_j, tiny, NEWTON)
+    t00, t01, t02, t10, t11, t12, t20, t21, t22 = _kirchhoff(
+        p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h01, h02, h10, h11, h12, h20, h21, h22,
+        c00, c11, c22, zeta)
+    e = -scale * dt * _load_field(vol_ptr, vol_stride, offs, mask)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = _lincomb9(
+        e, t00, t01, t02, t10, t11, t12, t20, t21, t22, m, c00, c01, c02, c10, c11, c12, c20, c21, c22)
+    damp = 1.0 - dt * tl.load(drag_ptr)
+    q0, q1, q2 = _particle_momentum(m, damp, v0, v1, v2, force_ptr, offs, mask, dt, HAS_FORCE)
 
     # gather ∂L/∂(grid mass, momentum) over the stencil
     zero = 0.0 * l0
@@ -739,76 +716,60 @@ def p2g_backward(
     gq1 = zero
     gq2 = zero
     ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
-    gx0 = zero
-    gx1 = zero
-    gx2 = zero
+    gx0, gx1, gx2 = _load_vector(gx_part_ptr, offs, mask)
     inv_dx = 1.0 / dx
-    for node_in_stencil in range(64):
-        i = node_in_stencil // 16
-        j = (node_in_stencil // 4) % 4
-        k = node_in_stencil % 4
-        d0 = (b0 + i).to(l0.dtype) - l0
-        w0 = _bspline(d0)
-        s0 = _bspline_slope(d0)
-        o0 = d0 * dx
-        d1 = (b1 + j).to(l1.dtype) - l1
-        w1 = _bspline(d1)
-        s1 = _bspline_slope(d1)
-        o1 = d1 * dx
-        row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-        d2 = (b2 + k).to(l2.dtype) - l2
-        w2 = _bspline(d2)
-        s2 = _bspline_slope(d2)
-        o2 = d2 * dx
-        w = w0 * w1 * w2
-        gnode = grad_grid_ptr + (row + k) * 4
-        gmi = tl.load(gnode + 0, mask=mask, other=0.0)
-        gp0 = tl.load(gnode + 1, mask=mask, other=0.0)
-        gp1 = tl.load(gnode + 2, mask=mask, other=0.0)
-        gp2 = tl.load(gnode + 3, mask=mask, other=0.0)
-        g_m += w * gmi
-        wg0 = w * gp0
-        wg1 = w * gp1
-        wg2 = w * gp2
-        gq0 += wg0
-        gq1 += wg1
-        gq2 += wg2
-        ga00 += wg0 * o0
-        ga01 += wg0 * o1
-        ga02 += wg0 * o2
-        ga10 += wg1 * o0
-        ga11 += wg1 * o1
-        ga12 += wg1 * o2
-        ga20 += wg2 * o0
-        ga21 += wg2 * o1
-        ga22 += wg2 * o2
-        g_w = (gmi * m
-            + gp0 * (q0 + a00 * o0 + a01 * o1 + a02 * o2)
-            + gp1 * (q1 + a10 * o0 + a11 * o1 + a12 * o2)
-            + gp2 * (q2 + a20 * o0 + a21 * o1 + a22 * o2)) * inv_dx
-        gx0 -= g_w * s0 * w1 * w2 + (wg0 * a00 + wg1 * a10 + wg2 * a20)
-        gx1 -= g_w * w0 * s1 * w2 + (wg0 * a01 + wg1 * a11 + wg2 * a21)
-        gx2 -= g_w * w0 * w1 * s2 + (wg0 * a02 + wg1 * a12 + wg2 * a22)
+    for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
+        w0, s0, o0 = _axis(b0, l0, i, dx)
+        for j in tl.static_range(4):
+            w1, s1, o1 = _axis(b1, l1, j, dx)
+            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
+            for k in tl.static_range(4):
+                w2, s2, o2 = _axis(b2, l2, k, dx)
+                w = w0 * w1 * w2
+                gnode = grad_grid_ptr + (row + k) * 4
+                gmi = tl.load(gnode + 0, mask=mask, other=0.0)
+                gp0 = tl.load(gnode + 1, mask=mask, other=0.0)
+                gp1 = tl.load(gnode + 2, mask=mask, other=0.0)
+                gp2 = tl.load(gnode + 3, mask=mask, other=0.0)
+                g_m += w * gmi
+                wg0 = w * gp0
+                wg1 = w * gp1
+                wg2 = w * gp2
+                gq0 += wg0
+                gq1 += wg1
+                gq2 += wg2
+                ga00 += wg0 * o0
+                ga01 += wg0 * o1
+                ga02 += wg0 * o2
+                ga10 += wg1 * o0
+                ga11 += wg1 * o1
+                ga12 += wg1 * o2
+                ga20 += wg2 * o0
+                ga21 += wg2 * o1
+                ga22 += wg2 * o2
+                g_w = (gmi * m
+                       + gp0 * (q0 + a00 * o0 + a01 * o1 + a02 * o2)
+                       + gp1 * (q1 + a10 * o0 + a11 * o1 + a12 * o2)
+                       + gp2 * (q2 + a20 * o0 + a21 * o1 + a22 * o2)) * inv_dx
+                gx0 -= g_w * s0 * w1 * w2 + (wg0 * a00 + wg1 * a10 + wg2 * a20)
+                gx1 -= g_w * w0 * s1 * w2 + (wg0 * a01 + wg1 * a11 + wg2 * a21)
+                gx2 -= g_w * w0 * w1 * s2 + (wg0 * a02 + wg1 * a12 + wg2 * a22)
+    _store_vector(gx_ptr, offs, mask, gx0, gx1, gx2)
 
     # momentum q = m (1 − dt·drag) v + dt f
     gqv = gq0 * v0 + gq1 * v1 + gq2 * v2
-    g_m += damp * gqv + (ga00 * c00 + ga01 * c01 + ga02 * c02 + ga10 * c10 + ga11 * c11 + ga12 * c12
-                         + ga20 * c20 + ga21 * c21 + ga22 * c22)
+    g_m += damp * gqv + _dot9(ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22,
+                              c00, c01, c02, c10, c11, c12, c20, c21, c22)
     md = m * damp
-    tl.store(gv_ptr + offs * 3 + 0, md * gq0, mask=mask)
-    tl.store(gv_ptr + offs * 3 + 1, md * gq1, mask=mask)
-    tl.store(gv_ptr + offs * 3 + 2, md * gq2, mask=mask)
+    _store_vector(gv_ptr, offs, mask, md * gq0, md * gq1, md * gq2)
     if HAS_FORCE:
-        tl.store(gforce_ptr + offs * 3 + 0, dt * gq0, mask=mask)
-        tl.store(gforce_ptr + offs * 3 + 1, dt * gq1, mask=mask)
-        tl.store(gforce_ptr + offs * 3 + 2, dt * gq2, mask=mask)
+        _store_vector(gforce_ptr, offs, mask, dt * gq0, dt * gq1, dt * gq2)
     tl.atomic_add(gdrag_ptr, tl.sum(tl.where(mask, -dt * m * gqv, 0.0), axis=0), sem="relaxed")
     # A = e·tau + m C with e = −D dt V
-    g_vol = -scale * dt * (ga00 * t00 + ga01 * t01 + ga02 * t02 + ga10 * t10 + ga11 * t11 + ga12 * t12
-                           + ga20 * t20 + ga21 * t21 + ga22 * t22)
-    gt00, gt01, gt02 = e * ga00, e * ga01, e * ga02
-    gt10, gt11, gt12 = e * ga10, e * ga11, e * ga12
-    gt20, gt21, gt22 = e * ga20, e * ga21, e * ga22
+    g_vol = -scale * dt * _dot9(ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22,
+                                t00, t01, t02, t10, t11, t12, t20, t21, t22)
+    gt00, gt01, gt02, gt10, gt11, gt12, gt20, gt21, gt22 = _scale9(
+        e, ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22)
     g_visc = zeta * (gt00 + gt11 + gt22)
     _store_matrix(gC_ptr, offs, mask, m * ga00 + g_visc, m * ga01, m * ga02,
                   m * ga10, m * ga11 + g_visc, m * ga12, m * ga20, m * ga21, m * ga22 + g_visc)
@@ -820,9 +781,10 @@ def p2g_backward(
     gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22 = _matmul(
         gt00, gt10, gt20, gt01, gt11, gt21, gt02, gt12, gt22, p00, p01, p02, p10, p11, p12, p20, p21, p22)
     # P = 2μ (Fh − R) + a·cofactor(Fh)
-    g_mu = 2.0 * (gp00 * (h00 - r00) + gp01 * (h01 - r01) + gp02 * (h02 - r02)
-                  + gp10 * (h10 - r10) + gp11 * (h11 - r11) + gp12 * (h12 - r12)
-                  + gp20 * (h20 - r20) + gp21 * (h21 - r21) + gp22 * (h22 - r22))
+    two_mu = 2.0 * mu
+    g_mu = 2.0 * _dot9(gp00, gp01, gp02, gp10, gp11, gp12, gp20, gp21, gp22,
+                       h00 - r00, h01 - r01, h02 - r02, h10 - r10, h11 - r11, h12 - r12,
+                       h20 - r20, h21 - r21, h22 - r22)
     y00, y01, y02, y10, y11, y12, y20, y21, y22 = _polar_adjoint(
         r00, r01, r02, r10, r11, r12, r20, r21, r22, h00, h01, h02, h10, h11, h12, h20, h21, h22,
         -two_mu * gp00, -two_mu * gp01, -two_mu * gp02, -two_mu * gp10, -two_mu * gp11,
@@ -830,13 +792,11 @@ def p2g_backward(
     z00, z01, z02, z10, z11, z12, z20, z21, z22 = _cofactor_adjoint(
         h00, h01, h02, h10, h11, h12, h20, h21, h22,
         a * gp00, a * gp01, a * gp02, a * gp10, a * gp11, a * gp12, a * gp20, a * gp21, a * gp22)
-    sc = (gp00 * k00 + gp01 * k01 + gp02 * k02 + gp10 * k10 + gp11 * k11 + gp12 * k12
-          + gp20 * k20 + gp21 * k21 + gp22 * k22)
-    g_lam = sc * (J - 1.0) * (J / safe_det)
+    sc = _dot9(gp00, gp01, gp02, gp10, gp11, gp12, gp20, gp21, gp22, k00, k01, k02, k10, k11, k12, k20, k21, k22)
+    tl.store(glam_ptr + offs, sc * (J - 1.0) * (J / safe_det), mask=mask)
+    tl.store(gmu_ptr + offs, g_mu, mask=mask)
     g_det = sc * lam * (tl.where(det >= floor_j, (2.0 * J - 1.0) / safe_det, 0.0)
                         - tl.where(tl.abs(det) >= tiny, (J - 1.0) * J / (safe_det * safe_det), 0.0))
-    tl.store(glam_ptr + offs, g_lam, mask=mask)
-    tl.store(gmu_ptr + offs, g_mu, mask=mask)
     pf00, pf01, pf02, pf10, pf11, pf12, pf20, pf21, pf22 = _load_matrix(gFh_part_ptr, offs, mask)
     gh00 += two_mu * gp00 + y00 + z00 + g_det * k00 + pf00
     gh01 += two_mu * gp01 + y01 + z01 + g_det * k01 + pf01
@@ -850,10 +810,7 @@ def p2g_backward(
     if HAS_CONTROL:
         _store_matrix(gdF_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
     go00, go01, go02, go10, go11, go12, go20, go21, go22 = _load_matrix(gF_out_ptr, offs, mask)
-    _store_matrix(gF_ptr, offs, mask,
-                  gh00 + beta * go00, gh01 + beta * go01, gh02 + beta * go02,
-                  gh10 + beta * go10, gh11 + beta * go11, gh12 + beta * go12,
-                  gh20 + beta * go20, gh21 + beta * go21, gh22 + beta * go22)
-    tl.store(gx_ptr + offs * 3 + 0, gx0 + tl.load(gx_part_ptr + offs * 3 + 0, mask=mask, other=0.0), mask=mask)
-    tl.store(gx_ptr + offs * 3 + 1, gx1 + tl.load(gx_part_ptr + offs * 3 + 1, mask=mask, other=0.0), mask=mask)
-    tl.store(gx_ptr + offs * 3 + 2, gx2 + tl.load(gx_part_ptr + offs * 3 + 2, mask=mask, other=0.0), mask=mask)
+    gf00, gf01, gf02, gf10, gf11, gf12, gf20, gf21, gf22 = _lincomb9(
+        1.0, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22,
+        beta, go00, go01, go02, go10, go11, go12, go20, go21, go22)
+    _store_matrix(gF_ptr, offs, mask, gf00, gf01, gf02, gf10, gf11, gf12, gf20, gf21, gf22)
