@@ -464,6 +464,18 @@ def grid_velocity(grid_ptr, force_ptr, prm_ptr, velocity_ptr, G, nx, ny, nz,
 
 
 @triton.jit
+def _add_moments(w, n0, n1, n2, o0, o1, o2, u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    """u + w·n and b + w·n oᵀ: one node's term of a weighted stencil sum and of its first moment."""
+    wn0 = w * n0
+    wn1 = w * n1
+    wn2 = w * n2
+    return (u0 + wn0, u1 + wn1, u2 + wn2,
+            b00 + wn0 * o0, b01 + wn0 * o1, b02 + wn0 * o2,
+            b10 + wn1 * o0, b11 + wn1 * o1, b12 + wn1 * o2,
+            b20 + wn2 * o0, b21 + wn2 * o1, b22 + wn2 * o2)
+
+
+@triton.jit
 def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL: tl.constexpr):
     """PIC velocity Σ w v_i and the APIC matrix B = D Σ w v_i (x_i − x_p)ᵀ over the 64 stencil nodes."""
     zero = 0.0 * l0
@@ -480,21 +492,10 @@ def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, sca
                 w2, _s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 node = velocity_ptr + (row + k) * 4
-                wn0 = w * tl.load(node + 0, mask=mask, other=0.0)
-                wn1 = w * tl.load(node + 1, mask=mask, other=0.0)
-                wn2 = w * tl.load(node + 2, mask=mask, other=0.0)
-                u0 += wn0
-                u1 += wn1
-                u2 += wn2
-                b00 += wn0 * o0
-                b01 += wn0 * o1
-                b02 += wn0 * o2
-                b10 += wn1 * o0
-                b11 += wn1 * o1
-                b12 += wn1 * o2
-                b20 += wn2 * o0
-                b21 += wn2 * o1
-                b22 += wn2 * o2
+                u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _add_moments(
+                    w, tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
+                    tl.load(node + 2, mask=mask, other=0.0), o0, o1, o2,
+                    u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22)
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = _scale9(scale, b00, b01, b02, b10, b11, b12, b20, b21, b22)
     return u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22
 
@@ -732,21 +733,12 @@ def p2g_backward(
                 gp1 = tl.load(gnode + 2, mask=mask, other=0.0)
                 gp2 = tl.load(gnode + 3, mask=mask, other=0.0)
                 g_m += w * gmi
+                gq0, gq1, gq2, ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22 = _add_moments(
+                    w, gp0, gp1, gp2, o0, o1, o2,
+                    gq0, gq1, gq2, ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22)
                 wg0 = w * gp0
                 wg1 = w * gp1
                 wg2 = w * gp2
-                gq0 += wg0
-                gq1 += wg1
-                gq2 += wg2
-                ga00 += wg0 * o0
-                ga01 += wg0 * o1
-                ga02 += wg0 * o2
-                ga10 += wg1 * o0
-                ga11 += wg1 * o1
-                ga12 += wg1 * o2
-                ga20 += wg2 * o0
-                ga21 += wg2 * o1
-                ga22 += wg2 * o2
                 g_w = (gmi * m
                        + gp0 * (q0 + a00 * o0 + a01 * o1 + a02 * o2)
                        + gp1 * (q1 + a10 * o0 + a11 * o1 + a12 * o2)
