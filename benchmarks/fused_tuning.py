@@ -15,8 +15,7 @@ import time
 
 import torch
 
-from mpm_step import median_ms, particle_block
-from physmorph.mpm import State
+from mpm_step import median_ms, particle_block, step_runs
 from physmorph.mpm.fused import function as fused
 from physmorph.mpm.fused import fused_step
 
@@ -51,18 +50,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     state, control, model = particle_block(args.n, device, dtype)
     count = state.num_particles
-    leaves = [t.clone().requires_grad_(True) for t in (
-        state.positions, state.velocities, state.deformation_gradients, state.affine_velocities, control
-    )]
-
-    def forward() -> None:
-        with torch.no_grad():
-            fused_step(state, model, control)
-
-    def forward_backward() -> None:
-        out = fused_step(State(*leaves[:4]), model, leaves[4])
-        outputs = (out.positions, out.velocities, out.deformation_gradients, out.affine_velocities)
-        torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs])
+    forward, forward_backward = step_runs(fused_step, state, control, model)
 
     print(f"device: {torch.cuda.get_device_name(device)}; N = {count}; {args.dtype}")
     print(f"{'scan':>9} {'particle':>9} {'unroll':>6} {'first s':>8} {'fwd ms':>8} {'fwd Mp/s':>9}"

@@ -87,18 +87,14 @@ def fewest_bytes(n: int, nodes: int, element: int) -> tuple[int, int]:
     return forward * element, (forward + backward) * element
 
 
-def benchmark(backend: str, n: int, device: torch.device, dtype: torch.dtype) -> dict:
-    state, control, model = particle_block(n, device, dtype)
-    count = state.num_particles
-    if backend == "triton":
-        from physmorph.mpm.fused import fused_step as step_function
-    else:
-        step_function = step
+def step_runs(step_function, state: State, control: torch.Tensor, model: Model):
+    """(forward, forward_backward): one step without autograd, and one step with the gradient of
+    random cotangents with respect to x, v, F, C and the control."""
     leaves = [t.clone().requires_grad_(True) for t in (
         state.positions, state.velocities, state.deformation_gradients, state.affine_velocities, control
     )]
-    g = torch.Generator(device=device).manual_seed(1)
-    cotangents = [torch.randn(t.shape, generator=g, device=device, dtype=dtype) for t in leaves[:4]]
+    g = torch.Generator(device=control.device).manual_seed(1)
+    cotangents = [torch.randn(t.shape, generator=g, device=t.device, dtype=t.dtype) for t in leaves[:4]]
 
     def forward() -> None:
         with torch.no_grad():
@@ -109,6 +105,17 @@ def benchmark(backend: str, n: int, device: torch.device, dtype: torch.dtype) ->
         outputs = (out.positions, out.velocities, out.deformation_gradients, out.affine_velocities)
         torch.autograd.grad(outputs, leaves, cotangents)
 
+    return forward, forward_backward
+
+
+def benchmark(backend: str, n: int, device: torch.device, dtype: torch.dtype) -> dict:
+    state, control, model = particle_block(n, device, dtype)
+    count = state.num_particles
+    if backend == "triton":
+        from physmorph.mpm.fused import fused_step as step_function
+    else:
+        step_function = step
+    forward, forward_backward = step_runs(step_function, state, control, model)
     slow = backend == "torch"
     repeats = 3 if (slow and (device.type == "cpu" or count > 2_000_000)) else (5 if slow else 20)
     result = {"backend": backend, "n": count}
@@ -132,15 +139,7 @@ def profile(n: int, device: torch.device, dtype: torch.dtype) -> None:
     from physmorph.mpm.fused import fused_step
 
     state, control, model = particle_block(n, device, dtype)
-    leaves = [t.clone().requires_grad_(True) for t in (
-        state.positions, state.velocities, state.deformation_gradients, state.affine_velocities, control
-    )]
-
-    def forward_backward() -> None:
-        out = fused_step(State(*leaves[:4]), model, leaves[4])
-        outputs = (out.positions, out.velocities, out.deformation_gradients, out.affine_velocities)
-        torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs])
-
+    _forward, forward_backward = step_runs(fused_step, state, control, model)
     forward_backward()
     torch.cuda.synchronize(device)
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
