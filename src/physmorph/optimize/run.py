@@ -24,6 +24,7 @@ from physmorph.io.ply import write_points_ply
 from physmorph.io.video import write_video
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import State
+from physmorph.mpm.fused import supports_fused
 from physmorph.optimize.e2e import E2EResult
 from physmorph.optimize.e2e_run import E2EContext, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
@@ -139,6 +140,10 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         state = load_state(paths.episode(done[-1]["episode"]), device) if done else setup.initial
     optimizer = optimize_adam if settings.optimizer == "adam" else optimize_reference
     context = E2EContext.build(config, setup) if config.mode == "e2e" else None
+    if progress and settings.backend != "torch" and supports_fused(state, setup.model):
+        # otherwise the first progress step sits silent for as long as compilation takes
+        tqdm.write("fused GPU kernels: the first episode compiles them (about a minute on a new machine; "
+                   "Triton caches them for later runs)")
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)
         problem = EpisodeProblem(
