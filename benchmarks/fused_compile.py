@@ -1,0 +1,90 @@
+"""Compile time and register use of the fused MPM kernels for an H100 (sm_90), no GPU needed.
+
+Runnable as `python benchmarks/fused_compile.py [--dtype float32] [--arch 90]` wherever Triton is
+installed (`pip install triton` on a CPU machine will do): Triton compiles ahead of time for the
+given architecture with its bundled LLVM and ptxas, and cuobjdump reads each kernel's registers,
+shared memory and local (spill) memory. Launch parameters are those of physmorph.mpm.fused.function.
+The first episode of a GPU morph pays these compile times (Triton caches the result on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from physmorph.mpm.fused import function as fused
+from physmorph.mpm.fused import kernels
+
+INDEX_POINTERS = {"order_ptr", "keys_ptr"}
+
+
+def signature(kernel, pointer: str, constants: dict) -> ASTSource:
+    """Pointers by name (`*_ptr`, `*_out`), int32 for the rest; `constants` fixes the constexprs."""
+    types = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            types[name] = "constexpr"
+        elif name in INDEX_POINTERS or (kernel is kernels.cell_keys and name == "keys_ptr"):
+            types[name] = "*i32"
+        elif name.endswith("_ptr") or name.endswith("_out"):
+            types[name] = pointer
+        else:
+            types[name] = "i32"
+    return ASTSource(kernel, types, constants)
+
+
+def resources(cubin: bytes) -> dict[str, int]:
+    """REG, SHARED and LOCAL (spilled bytes) of a cubin, from cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        text = subprocess.run([str(tool), "-res-usage", file.name], capture_output=True, text=True).stdout
+    return {key: int(value) for key, value in re.findall(r"(REG|SHARED|LOCAL):(\d+)", text)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability × 10 (90 = H100/H200)")
+    args = parser.parse_args()
+    pointer = "*fp32" if args.dtype == "float32" else "*fp64"
+    scan = {"BLOCK": fused.SCAN_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
+    particle = {"BLOCK": fused.PARTICLE_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
+    walls = {"CELLS": 3, "BOUNDARY": kernels.BOUNDARY_CODES["slip"], "BLOCK": fused.NODE_BLOCK}
+    material = {"HAS_CONTROL": True, "HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
+    variants = (
+        ("cell_keys", kernels.cell_keys, {"BLOCK": fused.NODE_BLOCK}, 4),
+        ("p2g_forward", kernels.p2g_forward, material | scan, fused.SCAN_WARPS),
+        ("grid_velocity", kernels.grid_velocity, walls, 4),
+        ("g2p_forward", kernels.g2p_forward, {"HAS_CONTROL": True} | particle, fused.PARTICLE_WARPS),
+        ("g2p_backward", kernels.g2p_backward, {"HAS_CONTROL": True} | scan, fused.SCAN_WARPS),
+        ("grid_backward", kernels.grid_backward, walls, 4),
+        ("p2g_backward", kernels.p2g_backward, material | particle, fused.PARTICLE_WARPS),
+    )
+    target = GPUTarget("cuda", args.arch, 32)
+    triton.knobs.compilation.always_compile = True  # time the compiler, not Triton's disk cache
+    print(f"triton {triton.__version__}; sm_{args.arch}; {args.dtype}; with ΔF control, slip walls")
+    print(f"{'kernel':>14} {'warps':>5} {'compile s':>9} {'registers':>9} {'shared B':>8} {'spilled B':>9}")
+    total = 0.0
+    for name, kernel, constants, warps in variants:
+        start = time.perf_counter()
+        compiled = triton.compile(signature(kernel, pointer, constants), target=target, options={"num_warps": warps})
+        seconds = time.perf_counter() - start
+        total += seconds
+        use = resources(compiled.asm["cubin"])
+        print(f"{name:>14} {warps:>5} {seconds:>9.1f} {use.get('REG', -1):>9} {use.get('SHARED', -1):>8}"
+              f" {use.get('LOCAL', -1):>9}", flush=True)
+    print(f"{'total':>14} {'':>5} {total:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
