@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from physmorph.losses import chamfer_distance
+from physmorph.losses.chamfer import brute_force_neighbours, nearest_neighbours
 
 
 def test_chamfer_known_values_and_symmetry():
@@ -13,9 +15,32 @@ def test_chamfer_known_values_and_symmetry():
     assert chamfer_distance(a, a).item() == 0.0
 
 
-def test_chunking_matches_one_block_and_gradcheck():
+def test_kd_tree_and_chunked_search_find_the_same_neighbours():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    tree = nearest_neighbours(a, b)
+    assert torch.equal(tree, brute_force_neighbours(a, b, chunk=7))
+    assert torch.equal(tree, brute_force_neighbours(a, b, chunk=1000))
+
+
+def test_chamfer_gradcheck_in_both_point_sets():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(50, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(40, 3, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(chamfer_distance(a, b, chunk=7), chamfer_distance(a, b, chunk=1000))
-    assert torch.autograd.gradcheck(lambda p: chamfer_distance(p, b, chunk=16), (a,))
+    b = torch.randn(40, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(chamfer_distance, (a, b))
+
+
+@pytest.mark.gpu
+def test_chamfer_on_cuda_matches_the_cpu_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5000, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(3000, 3, generator=g, dtype=torch.float64)
+    results = []
+    for device in ("cpu", "cuda"):
+        x = a.to(device).requires_grad_(True)
+        value = chamfer_distance(x, b.to(device), chunk=1024)
+        value.backward()
+        results.append((value.item(), x.grad.cpu()))
+    assert abs(results[0][0] - results[1][0]) < 1e-12
+    torch.testing.assert_close(results[0][1], results[1][1])
