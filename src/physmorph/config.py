@@ -100,6 +100,9 @@ class OptimizationConfig:
     final_learning_rate_ratio: float = 0.1  # adam: cosine schedule ends at lr · ratio
     patience: int = 4  # adam: stop after this many iterations without improvement
     arrival_speed_weight: float = 20.0  # adds w · mean |v|² of the last state (s²/grid units²); 0 = reference loss
+    # adds w · Chamfer distance (grid units) of the last state to the target particles (mesh or
+    # shape targets); 0 = mass field only. Larger fits thin parts closer but ejects a few particles.
+    chamfer_weight: float = 2000.0
     seed: int = 0  # seeds every random choice of the run
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     dtype: Literal["float32", "float64"] = "float32"
@@ -127,6 +130,7 @@ class OptimizationConfig:
         require(0 < self.final_learning_rate_ratio <= 1, f"{o}.final_learning_rate_ratio", "must be in (0, 1]")
         require(self.patience >= 1, f"{o}.patience", "must be ≥ 1")
         require(self.arrival_speed_weight >= 0, f"{o}.arrival_speed_weight", "must be ≥ 0")
+        require(self.chamfer_weight >= 0, f"{o}.chamfer_weight", "must be ≥ 0")
 
 
 @dataclass

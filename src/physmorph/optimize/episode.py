@@ -10,8 +10,9 @@ import torch
 
 from physmorph.config import OptimizationConfig
 from physmorph.errors import SimulationDiverged
-from physmorph.losses import mass_loss
+from physmorph.losses import chamfer_distance, mass_loss
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
+from physmorph.optimize.setup import MorphSetup
 
 Progress = Callable[[float], None]
 
@@ -34,6 +35,24 @@ class EpisodeProblem:
     checkpoint_steps: bool = False
     backend: str = "auto"
     arrival_speed_weight: float = 0.0
+    target_points: torch.Tensor | None = None
+    chamfer_weight: float = 0.0
+
+    @staticmethod
+    def of(setup: MorphSetup, initial: State, settings: OptimizationConfig) -> EpisodeProblem:
+        """The episode that `settings` describes, from `initial`, on `setup`'s model and target."""
+        return EpisodeProblem(
+            setup.model,
+            initial,
+            setup.target_grid_mass,
+            settings.num_timesteps,
+            settings.control_stride,
+            settings.checkpoint_steps,
+            settings.backend,
+            settings.arrival_speed_weight,
+            setup.target_points,
+            settings.chamfer_weight,
+        )
 
     @property
     def num_controls(self) -> int:
@@ -58,10 +77,15 @@ class EpisodeProblem:
 
     def loss(self, trajectory: Trajectory) -> torch.Tensor:
         """Mass loss of the last state, plus `arrival_speed_weight` · mean |v|² of the last state
-        (so the body arrives at rest and the next episode does not overshoot)."""
+        (so the body arrives at rest and the next episode does not overshoot), plus
+        `chamfer_weight` · its Chamfer distance to the target particles when there are any
+        (the mass field barely sees a few stray particles or a thin missing feature)."""
         loss = self.mass_loss(trajectory)
+        final = trajectory.final
         if self.arrival_speed_weight:
-            loss = loss + self.arrival_speed_weight * (trajectory.final.velocities**2).sum(-1).mean()
+            loss = loss + self.arrival_speed_weight * (final.velocities**2).sum(-1).mean()
+        if self.chamfer_weight and self.target_points is not None:
+            loss = loss + self.chamfer_weight * chamfer_distance(final.positions, self.target_points)
         return loss
 
     def mass_loss(self, trajectory: Trajectory) -> torch.Tensor:

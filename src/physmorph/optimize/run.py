@@ -146,16 +146,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                    "Triton caches them for later runs)")
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)
-        problem = EpisodeProblem(
-            setup.model,
-            state,
-            setup.target_grid_mass,
-            settings.num_timesteps,
-            settings.control_stride,
-            settings.checkpoint_steps,
-            settings.backend,
-            settings.arrival_speed_weight,
-        )
+        problem = EpisodeProblem.of(setup, state, settings)
         bar = tqdm(desc=f"episode {episode + 1}/{settings.num_animations}", unit="it", disable=not progress, leave=True)
 
         def report(value: float, bar: tqdm = bar) -> None:
