@@ -117,7 +117,7 @@ def write_loss_curves(path: str | os.PathLike[str], episodes: Sequence[dict]) ->
         offset += len(history)
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("iteration (accepted steps for the reference optimiser)")
-    loss_axis.set_ylabel("loss (mass loss, or the e2e objective)")
+    loss_axis.set_ylabel("optimised loss (mass field + terms, or e2e)")
     if len(episodes) <= 10:
         loss_axis.legend(fontsize=8)
     numbers = [e["episode"] for e in episodes]
