@@ -59,7 +59,7 @@ class RenderLossConfig:
     schedule: Schedule = "constant"  # how the render weights vary over training (schedules.py)
     w_rgb: float = 0.0  # physmorph: RGB L1
     w_ssim: float = 0.0  # physmorph: D-SSIM = (1 − SSIM) / 2 of RGB
-    w_phys: float = 1.0  # physmorph: weight of the grid mass loss (0 = render-only)
+    w_phys: float = 1.0  # physmorph: weight of the physics loss (mass field + arrival + Chamfer; 0 = render-only)
 
     def validate(self) -> None:
         for key in (*WEIGHT_KEYS, "w_phys"):

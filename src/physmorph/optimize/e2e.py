@@ -1,4 +1,4 @@
-"""End-to-end training: image losses and the mass loss reach the controls through one graph."""
+"""End-to-end training: image losses and the physics loss reach the controls through one graph."""
 
 from __future__ import annotations
 
@@ -287,7 +287,7 @@ class E2EResult:
 class E2EEvaluation:
     """One forward pass of end-to-end training.
 
-    loss:       w_phys · mass loss + Σ scheduled weight · render term (differentiable)
+    loss:       w_phys · physics loss + Σ scheduled weight · render term (differentiable)
     objective:  the same with the full (unscheduled) weights: comparable across iterations
     terms:      unweighted terms by name ('phys', 'alpha', 'depth', ...)
     trajectory: the rollout
@@ -308,7 +308,7 @@ def e2e_loss(
     material: Material | None = None,
     progress: float = 1.0,
 ) -> E2EEvaluation:
-    """w_phys · mass loss + weighted render terms at training `progress` ∈ [0, 1] for `controls`
+    """w_phys · physics loss + weighted render terms at training `progress` ∈ [0, 1] for `controls`
     [K, N, 3, 3] and `material` (default the problem's): one graph back to the controls and any
     material tensor requiring grad."""
     if material is not None:
@@ -340,7 +340,8 @@ def optimize_e2e(
     progress: Progress | None = None,
 ) -> E2EResult:
     """Adam on all controls of the episode (and optionally the material) against
-    w_phys · mass loss + Σ_steps Σ_views weighted render losses, through one autograd graph:
+    w_phys · physics loss (EpisodeProblem.loss: mass field, arrival speed and Chamfer terms)
+    + Σ_steps Σ_views weighted render losses, through one autograd graph:
     controls → simulate → synthesize_surface → render → loss → backward.
 
     binding: surface bound to `problem.initial`'s particles. targets: one TargetImages for all

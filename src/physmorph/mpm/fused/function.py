@@ -152,6 +152,7 @@ class FusedStep(torch.autograd.Function):
         grad_grid = torch.zeros_like(grid)
         gx_part = torch.empty_like(x)
         gFh_part = torch.empty_like(F)
+        # node velocities are recomputed, not saved: one dense pass costs less than a second grid per step
         kernels.g2p_backward[_launch_grid(n, SCAN_BLOCK)](
             x, F, control, node_velocities(grid, external_force, prm, settings), prm, g_x, g_v, g_F, g_C,
             grad_grid, gx_part, gFh_part, order, keys, n, nx, ny, nz,
