@@ -13,6 +13,7 @@ from physmorph.render.cameras import (
     orbit_cameras,
 )
 from physmorph.render.config import LightingConfig, RenderConfig
+from physmorph.render.mesh_raycast import embree_available, raycast_mesh
 from physmorph.render.renderer import Images, gsplat_available, render
 from physmorph.render.shading import composite_background, shade
 
@@ -25,6 +26,7 @@ __all__ = [
     "RenderConfig",
     "composite_background",
     "concatenate",
+    "embree_available",
     "gsplat_available",
     "intrinsics",
     "intrinsics_from_fov",
@@ -32,6 +34,7 @@ __all__ = [
     "opencv_to_opengl",
     "opengl_to_opencv",
     "orbit_cameras",
+    "raycast_mesh",
     "render",
     "shade",
 ]
