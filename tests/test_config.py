@@ -21,7 +21,8 @@ def test_reference_config_loads_unchanged_with_one_warning(shared_dir):
     assert config.simulation.lam == pytest.approx(38888.89) and config.simulation.smoothing_factor == 0.955
     assert config.optimization.num_timesteps == 10 and config.optimization.max_ls_iters == 10
     assert config.base_dir == (shared_dir / "reference").resolve()
-    assert config.loss.w_alpha == 0.5 and config.surface.sigma0 == 0.02 and config.camera.fx == 475.0
+    assert config.loss.w_alpha == 0.5 and config.surface.sigma0 is None and config.camera.fx == 475.0
+    assert "base_gaussian_scale (the reference's 0.02 would leave holes" in message
     assert config.render.lighting.shininess == 32
 
 

@@ -25,7 +25,7 @@ from physmorph.render.cameras import Cameras, intrinsics, look_at
 from physmorph.surface import SurfaceConfig, bind_surface
 
 F64 = torch.float64
-SURFACE = SurfaceConfig(M=40, k_surface=8, k_F=4, sigma0=0.3)
+SURFACE = SurfaceConfig(M=40, k_F=4, sigma0=0.3)
 RENDER = RenderSettings(opacity=0.8, backend="torch")
 SILHOUETTE_ONLY = RenderLossConfig(
     w_alpha=1.0, w_depth=0.0, w_edge=0.0, w_cov_align=0.0, w_cov_reg=0.0, w_phys=0.0

@@ -213,7 +213,7 @@ class RenderObjective:
             reference = curvature_target_covariances(
                 gaussians.means.detach(),
                 gaussians.normals.detach(),
-                self.binding.scales,
+                self.binding.tangent_scales,
                 self.neighbors,
             )
             terms["cov_align"] = covariance_alignment_loss(gaussians.covariances, reference)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from physmorph.settings import from_mapping, require
@@ -38,97 +38,50 @@ REFERENCE_UNUSED_KEYS = (
     "smoother",
     "use_amp",
     "png",
+    # the reference's PCA surface detection, anchor sampling, jitter and density equalisation:
+    # physmorph samples its smooth implicit surface evenly instead
+    "k_surface",
+    "thr_percentile",
+    "soft_tau",
+    "surface_power",
+    "density_gamma",
+    "surf_jitter_alpha",
+    "thickness",
+    "use_adaptive_scale",
+    "post_equalize",
 )
 
 
 @dataclass
-class PostEqualizeConfig:
-    """Bind-time density equalisation of Gaussian centres, then MLS projection to the surface."""
-
-    enabled: bool = False  # the reference enables it; costs bind time that grows with M
-    iters: int = 8  # repulsion iterations
-    k: int = 32  # neighbouring Gaussians per repulsion step
-    step: float = 0.45  # first step, as a fraction of the neighbourhood mean-shift vector
-    annealing: float = 0.9  # step multiplier per iteration, in (0, 1]
-    radius_mul: float = 1.2  # repulsion radius, in units of the mean Gaussian spacing
-    use_mls_projection: bool = True  # project each centre back onto the particle surface
-    mls_iters: int = 2  # projection iterations
-    mls_step: float = 1.0  # fraction of the distance to the local plane moved per iteration
-    knn_tau: float = 0.15  # MLS kernel temperature, in units of (local particle spacing)^2
-
-    def validate(self) -> None:
-        require(self.iters >= 0, "post_equalize.iters", f"must be >= 0, got {self.iters}")
-        require(self.k >= 2, "post_equalize.k", f"must be >= 2, got {self.k}")
-        require(self.step >= 0.0, "post_equalize.step", f"must be >= 0, got {self.step}")
-        require(
-            0.0 < self.annealing <= 1.0,
-            "post_equalize.annealing",
-            f"must be in (0, 1], got {self.annealing}",
-        )
-        require(
-            self.radius_mul > 0.0,
-            "post_equalize.radius_mul",
-            f"must be > 0, got {self.radius_mul}",
-        )
-        require(
-            self.mls_iters >= 0, "post_equalize.mls_iters", f"must be >= 0, got {self.mls_iters}"
-        )
-        require(
-            0.0 <= self.mls_step <= 1.0,
-            "post_equalize.mls_step",
-            f"must be in [0, 1], got {self.mls_step}",
-        )
-        require(self.knn_tau > 0.0, "post_equalize.knn_tau", f"must be > 0, got {self.knn_tau}")
-
-
-@dataclass
 class SurfaceConfig:
-    """How particles (x, F) become M anisotropic Gaussians (SPEC section 6). Lengths in grid units.
+    """How particles (x, F) become M surfels: flat anisotropic Gaussians on the body's smooth
+    implicit surface, following the particles through F. Lengths in grid units.
 
-    `sigma0` is the standard deviation of every Gaussian where the material is undeformed
-    (F = I): Sigma = sigma0^2 F Fᵀ. The reference has two names for it: `sigma0` (its "original"
-    mode) and `base_gaussian_scale` (its "hybrid" mode, the one its bundled config runs); see
-    `surface_config_from_mapping` for which one physmorph reads.
+    `sigma0` fixes the surfels' in-plane standard deviation at F = I; left unset, it is
+    `coverage`·sqrt(area / M), which closes the surface for any M and body size.
     """
 
     M: int = 50_000  # number of Gaussians
-    k_surface: int = 36  # neighbours in the local PCA that detects the surface
-    thr_percentile: float = 8.0  # percent of particles (the most planar) with p_surf >= 1/2
-    soft_tau: float = 0.08  # temperature of p_surf, in units of surface variation (0..1/3)
-    surface_power: float = 4.0  # p_surf = sigmoid(...)^surface_power (sharpens the selection)
-    density_gamma: float = 2.5  # anchor weight ∝ p_surf^1.5 / h^density_gamma
-    surf_jitter_alpha: float = 0.6  # tangent jitter half-width, in units of local spacing h
-    thickness: float = 0.0  # half-width of the band along the normal, grid units
-    sigma0: float = 0.08  # Gaussian standard deviation at F = I, grid units
-    use_adaptive_scale: bool = False  # scale sigma0 by local spacing / mean spacing (0.3..2)
     k_F: int = 32  # noqa: N815 (the reference's name) particles each Gaussian interpolates
     h_mul: float = 1.5  # kernel bandwidth of that interpolation, in units of local spacing h
-    post_equalize: PostEqualizeConfig = field(default_factory=PostEqualizeConfig)
-    seed: int = 0  # seed of the bind-time sampling and jitter
+    smoothing: float = 1.3  # blur of the occupancy that defines the surface, in particle spacings
+    coverage: float = 1.0  # automatic σ_t, in units of the mean surfel spacing sqrt(area / M)
+    sigma0: float | None = None  # in-plane std σ_t at F = I, grid units (None: from coverage)
+    flatness: float = 0.2  # σ_n / σ_t, the surfels' thickness across the surface
+    seed: int = 0  # seed of the bind-time sampling
 
     def validate(self) -> None:
         require(self.M >= 1, "M", f"must be >= 1, got {self.M}")
-        require(self.k_surface >= 4, "k_surface", f"must be >= 4, got {self.k_surface}")
-        require(
-            0.0 < self.thr_percentile < 100.0,
-            "thr_percentile",
-            f"must be in (0, 100), got {self.thr_percentile}",
-        )
-        require(self.soft_tau > 0.0, "soft_tau", f"must be > 0, got {self.soft_tau}")
-        require(self.surface_power > 0.0, "surface_power", f"must be > 0, got {self.surface_power}")
-        require(
-            self.density_gamma >= 0.0, "density_gamma", f"must be >= 0, got {self.density_gamma}"
-        )
-        require(
-            self.surf_jitter_alpha >= 0.0,
-            "surf_jitter_alpha",
-            f"must be >= 0, got {self.surf_jitter_alpha}",
-        )
-        require(self.thickness >= 0.0, "thickness", f"must be >= 0, got {self.thickness}")
-        require(self.sigma0 > 0.0, "sigma0", f"must be > 0 (grid units), got {self.sigma0}")
         require(self.k_F >= 1, "k_F", f"must be >= 1, got {self.k_F}")
         require(self.h_mul > 0.0, "h_mul", f"must be > 0, got {self.h_mul}")
-        self.post_equalize.validate()
+        require(0.25 <= self.smoothing <= 4.0, "smoothing", f"must be in [0.25, 4] spacings, got {self.smoothing}")
+        require(self.coverage > 0.0, "coverage", f"must be > 0, got {self.coverage}")
+        require(
+            self.sigma0 is None or self.sigma0 > 0.0,
+            "sigma0",
+            f"must be > 0 (grid units) or unset, got {self.sigma0}",
+        )
+        require(0.0 < self.flatness <= 1.0, "flatness", f"must be in (0, 1], got {self.flatness}")
 
 
 def surface_config_from_mapping(
@@ -137,22 +90,23 @@ def surface_config_from_mapping(
     """Build a SurfaceConfig from a YAML mapping; return it and the keys it did not need.
 
     Accepts physmorph's own keys and the reference's `sampling.runtime_surface` section
-    unchanged. σ0: when the mapping sets `use_hybrid_e2e: true` and gives
-    `base_gaussian_scale`, that value is σ0 (as in the reference, whose hybrid mode ignores
-    `sigma0`), and `sigma0` is reported as not needed; otherwise `sigma0` is σ0 and
-    `base_gaussian_scale` is reported as not needed. The second return value lists the
+    unchanged. A reference section (it has `use_hybrid_e2e`) sizes its Gaussians with
+    `base_gaussian_scale` or `sigma0`, about 0.02 grid units, which leaves holes in a surface
+    sampled by M surfels; physmorph sizes them from the surface area instead and names those
+    keys, with the reason, among the not-needed ones. The second return value lists the
     not-needed keys as `section.key`, for one warning. Unknown keys raise ConfigError.
     """
     values = dict(mapping or {})
     unused: list[str] = []
-    hybrid = values.get("use_hybrid_e2e", False) is True
-    if "base_gaussian_scale" in values:
-        base_scale = values.pop("base_gaussian_scale")
-        if hybrid:
-            if "sigma0" in values:
-                unused.append(f"{section}.sigma0")
-            values["sigma0"] = base_scale
-        else:
-            unused.append(f"{section}.base_gaussian_scale")
+    if "use_hybrid_e2e" in values:
+        for key in ("base_gaussian_scale", "sigma0"):
+            if key in values:
+                unused.append(
+                    f"{section}.{key} (the reference's {values.pop(key)} would leave holes; physmorph sizes "
+                    "surfels from the surface area, see sampling.runtime_surface.coverage)"
+                )
+    elif "base_gaussian_scale" in values:
+        values.pop("base_gaussian_scale")
+        unused.append(f"{section}.base_gaussian_scale")
     config = from_mapping(SurfaceConfig, values, section, REFERENCE_UNUSED_KEYS, unused)
     return config, unused

@@ -25,7 +25,7 @@ def nearest_neighbors(
     if k > points.shape[0]:
         raise InputError(
             f"nearest-neighbour search asks for k={k} neighbours among {points.shape[0]} "
-            "points; lower k (k_surface, k_F, post_equalize.k) or use more particles"
+            "points; lower k (k_F) or use more particles"
         )
     if points.device.type == "cpu":
         tree = cKDTree(points.detach().double().numpy())

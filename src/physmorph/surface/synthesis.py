@@ -9,7 +9,7 @@ from physmorph.surface.binding import SurfaceBinding, _check_state, bind_surface
 from physmorph.surface.config import SurfaceConfig
 from physmorph.surface.gaussians import Gaussians
 
-# Σ = σ0² (F̄ F̄ᵀ + _SPD_EPSILON I): keeps Σ strictly positive definite even for a singular F̄,
+# Σ = F̄ Σ₀ F̄ᵀ + _SPD_EPSILON σ_t² I: keeps Σ strictly positive definite even for a singular F̄,
 # at a relative cost of 1e-6 in variance.
 _SPD_EPSILON = 1e-6
 
@@ -45,18 +45,27 @@ def _cofactor(F: torch.Tensor) -> torch.Tensor:
     )
 
 
-def synthesize_surface(x: torch.Tensor, F: torch.Tensor, binding: SurfaceBinding) -> Gaussians:
+def synthesize_surface(
+    x: torch.Tensor,
+    F: torch.Tensor,
+    binding: SurfaceBinding,
+    scale: torch.Tensor | float = 1.0,
+    flatness: torch.Tensor | None = None,
+) -> Gaussians:
     """The bound Gaussians of particle state (x, F); differentiable in x and F.
 
     x: [N, 3] particle positions, grid units; F: [N, 3, 3] deformation gradients. With the
     binding's fixed kernel weights w (rows sum to 1), per Gaussian:
       x̄ = Σ_k w_k x_k,  F̄ = Σ_k w_k F_k                  (one sparse product for both)
       μ = x̄ + F̄ r                                        (r: rest offset, material frame)
-      Σ = σ0² (F̄ F̄ᵀ + 1e-6 I)                             (σ0: the binding's scale)
+      Σ = F̄ Σ₀ F̄ᵀ + 1e-6 σ_t² I,  Σ₀ = σ_t² (I − N Nᵀ) + σ_n² N Nᵀ   (a disc in the tangent plane)
       n = cof(F̄) N / |cof(F̄) N|,  cof F̄ = det(F̄) F̄⁻ᵀ     (Nanson; N: material normal)
-    μ is exact for any affine motion of the neighbourhood and Σ, n follow rigid motions
-    exactly. Returns Gaussians(means [M, 3], covariances [M, 3, 3], normals [M, 3]) on x's
-    device and dtype (the binding is moved there if needed).
+    μ is exact for any affine motion of the neighbourhood, the disc stays tangent to the
+    deformed surface (F̄ maps tangents to tangents) and Σ, n follow rigid motions exactly.
+    `scale` multiplies σ_t and σ_n, `flatness` (if given) replaces σ_n / σ_t: scalars or [M]
+    tensors that may require grad, to train the surfels' size and thickness.
+    Returns Gaussians(means [M, 3], covariances [M, 3, 3], normals [M, 3]) on x's device and
+    dtype (the binding is moved there if needed).
     """
     _check_state(x, F)
     if x.shape[0] != binding.particle_count:
@@ -73,8 +82,12 @@ def synthesize_surface(x: torch.Tensor, F: torch.Tensor, binding: SurfaceBinding
     F_mean = averaged[:, 3:].reshape(-1, 3, 3)
     means = x_mean + (F_mean @ binding.rest_offsets[:, :, None])[:, :, 0]
     eye = torch.eye(3, dtype=x.dtype, device=x.device)
-    variances = binding.scales[:, None, None] ** 2
-    covariances = variances * (F_mean @ F_mean.transpose(1, 2) + _SPD_EPSILON * eye)
+    tangent = binding.tangent_scales * scale
+    normal_scale = binding.normal_scales * scale if flatness is None else tangent * flatness
+    N = binding.material_normals
+    across = N[:, :, None] * N[:, None, :]
+    rest = (tangent**2)[:, None, None] * (eye - across) + (normal_scale**2)[:, None, None] * across
+    covariances = F_mean @ rest @ F_mean.transpose(1, 2) + _SPD_EPSILON * (tangent**2)[:, None, None] * eye
     normals = (_cofactor(F_mean) @ binding.material_normals[:, :, None])[:, :, 0]
     normals = normals / normals.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
     return Gaussians(means=means, covariances=covariances, normals=normals)
