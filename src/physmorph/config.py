@@ -146,6 +146,7 @@ class E2EConfig:
     elevation_deg: float = 20.0  # elevation of the training orbit, degrees
     heldout_elevation_deg: float = 40.0  # elevation of the held-out orbit (azimuths offset by half a step)
     target_images: str | None = None  # image-only target: folder with cameras.json (see io/targets.py)
+    targets: Literal["mesh", "particles"] = "mesh"  # target views ray cast from the mesh, or Gaussians of its particles
     supervised_steps: list[int] = field(default_factory=lambda: [-1])  # trajectory indices, −1 = last
     material: Literal["none", "lame", "youngs"] = "none"  # also optimise material parameters
     opacity: float = 1.0  # peak opacity of every Gaussian

@@ -213,7 +213,7 @@ def test_gpu_synthesis_matches_cpu_and_gpu_binding_covers_the_surface():
     gaussians = synthesize_surface(x.cuda(), F.cuda(), on_gpu)
     radius = gaussians.means.norm(dim=-1)
     assert gaussians.means.shape == (500, 3)
-    assert radius.min() > 2.6 and radius.max() < 3.4
+    assert radius.min() > 2.4 and radius.max() < 3.2
     outward = (gaussians.normals * gaussians.means / radius[:, None]).sum(-1)
     assert (outward > 0.97).all()
     torch.testing.assert_close(on_gpu.tangent_scales.cpu(), binding.tangent_scales, rtol=1e-3, atol=0)

@@ -1,4 +1,4 @@
-"""Matplotlib figures of particle sets: three-view comparisons, animation frames and loss curves."""
+"""Matplotlib figures: particle three-view comparisons, animation frames, labelled image panels, loss curves."""
 
 from __future__ import annotations
 
@@ -104,6 +104,37 @@ def particle_frames(
         figure.canvas.draw()
         images.append(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
     return images
+
+
+def labelled_panels(
+    rows: Sequence[Sequence[np.ndarray]],
+    labels: Sequence[Sequence[str]],
+    title: str = "",
+) -> np.ndarray:
+    """One RGB image uint8 of a grid of images (rows × columns of [H, W, 3] in [0, 1]), each
+    with its label above it and an optional title over the whole grid."""
+    count_rows, count_columns = len(rows), max(len(row) for row in rows)
+    height, width = rows[0][0].shape[:2]
+    label_px, title_px = 22, 30 if title else 0
+    figure = Figure(
+        figsize=(count_columns * width / 100, (count_rows * (height + label_px) + title_px) / 100), dpi=100
+    )
+    FigureCanvasAgg(figure)
+    total_height = count_rows * (height + label_px) + title_px
+    for r, (row, row_labels) in enumerate(zip(rows, labels)):
+        for c, (image, label) in enumerate(zip(row, row_labels)):
+            top = title_px + r * (height + label_px) + label_px
+            axis = figure.add_axes(
+                (c / count_columns, 1 - (top + height) / total_height, 1 / count_columns, height / total_height)
+            )
+            axis.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
+            axis.set_axis_off()
+            figure.text((c + 0.5) / count_columns, 1 - (top - 4) / total_height, label, ha="center", va="bottom",
+                        fontsize=9)
+    if title:
+        figure.text(0.5, 1 - 6 / total_height, title, ha="center", va="top", fontsize=11, weight="bold")
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
 def write_loss_curves(path: str | os.PathLike[str], episodes: Sequence[dict]) -> Path:

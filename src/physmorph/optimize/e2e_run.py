@@ -10,9 +10,11 @@ import torch
 
 from physmorph.config import MorphConfig
 from physmorph.errors import ConfigError
+from physmorph.geometry.config import build_shape
 from physmorph.io.images import write_png
 from physmorph.io.targets import TargetImages, load_image_targets
 from physmorph.losses.render_losses import psnr, silhouette_iou
+from physmorph.mpm import State
 from physmorph.optimize.e2e import E2EResult, RenderSettings, optimize_e2e, render_state, target_images_from_particles
 from physmorph.optimize.episode import EpisodeProblem, Progress
 from physmorph.optimize.setup import MorphSetup
@@ -24,8 +26,64 @@ from physmorph.optimize.views import (
     write_gaussians,
     write_view_images,
 )
-from physmorph.render import concatenate
+from physmorph.render import concatenate, raycast_mesh
 from physmorph.surface import SurfaceBinding, bind_surface
+
+
+@dataclass
+class MeshViews:
+    """Ray-cast images of the real target mesh from the e2e section's training and held-out
+    orbit cameras: the ground truth that image targets and the visual metric are measured on."""
+
+    train: TargetImages
+    heldout: TargetImages | None
+
+    @staticmethod
+    def build(config: MorphConfig, setup: MorphSetup) -> MeshViews | None:
+        """None for an image-only target (there is no mesh to cast rays at)."""
+        if setup.target_points is None:
+            return None
+        points = setup.target_points
+        train_cameras, heldout_cameras = train_and_heldout_cameras(config.e2e, points)
+        cameras = train_cameras if heldout_cameras is None else concatenate([train_cameras, heldout_cameras])
+        lighting = config.render.lighting
+        truth = raycast_mesh(
+            build_shape(config.target, config.base_dir),
+            cameras,
+            shading=None if lighting.model == "flat" else lighting,
+            color=config.render.particle_color,
+            background=config.render.bg,
+        )
+        if not bool((truth.alpha > 0.5).flatten(1).any(dim=1).all()):
+            raise ConfigError(
+                "a camera of the e2e section sees nothing of the target mesh; check e2e.orbit_radius, "
+                "e2e.fov_deg and the elevations"
+            )
+        names = [f"train{i:02d}" for i in range(len(train_cameras))]
+        names += [f"heldout{i:02d}" for i in range(len(cameras) - len(train_cameras))]
+        like = points
+        targets = TargetImages(
+            cameras.to(like.device, like.dtype),
+            truth.alpha.to(like),
+            truth.depth.to(like),
+            truth.rgb.to(like),
+            names,
+        )
+        train, heldout = split_targets(targets, len(train_cameras))
+        return MeshViews(train, heldout)
+
+    def iou(self, state: State, binding: SurfaceBinding, settings: RenderSettings) -> dict[str, list[float]]:
+        """Silhouette IoU per view of the Gaussians of `state` against the mesh's masks."""
+        result = {}
+        for split, targets in (("train", self.train), ("heldout", self.heldout)):
+            if targets is None:
+                continue
+            with torch.no_grad():
+                _, images = render_state(
+                    state.positions, state.deformation_gradients, binding, targets.cameras, settings
+                )
+            result[split] = silhouette_iou(images.alpha, targets.alpha.to(images.alpha)).tolist()
+        return result
 
 
 @dataclass
@@ -43,11 +101,15 @@ class E2EContext:
     binding: SurfaceBinding
 
     @staticmethod
-    def build(config: MorphConfig, setup: MorphSetup) -> E2EContext:
-        """Orbit-camera targets rendered from the target particles, or an image folder."""
+    def build(config: MorphConfig, setup: MorphSetup, mesh_views: MeshViews | None = None) -> E2EContext:
+        """Orbit-camera targets ray cast from the target mesh (`mesh_views`, e2e.targets: mesh) or
+        rendered from the target particles (e2e.targets: particles), or an image folder."""
         settings = render_settings(config)
         like = setup.initial.positions
         binding = bind_surface(like, setup.initial.deformation_gradients, config.surface)
+        if config.e2e.target_images is None and config.e2e.targets == "mesh":
+            views = mesh_views or MeshViews.build(config, setup)
+            return E2EContext(views.train, views.heldout, settings, binding)
         if config.e2e.target_images is not None:
             folder = Path(config.e2e.target_images)
             if not folder.is_absolute():

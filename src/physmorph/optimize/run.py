@@ -13,23 +13,27 @@ from typing import Any
 
 import numpy as np
 import torch
+import trimesh
 from tqdm import tqdm
 
 import physmorph
 from physmorph.config import MorphConfig, config_to_mapping
 from physmorph.errors import InputError
+from physmorph.geometry.config import build_shape
 from physmorph.io.atomic import atomic_path
-from physmorph.io.figures import particle_frames, write_comparison, write_loss_curves
+from physmorph.io.figures import labelled_panels, particle_frames, write_comparison, write_loss_curves
 from physmorph.io.ply import write_points_ply
 from physmorph.io.video import write_video
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import State
 from physmorph.mpm.fused import supports_fused
 from physmorph.optimize.e2e import E2EResult
-from physmorph.optimize.e2e_run import E2EContext, check_e2e_config, run_e2e_episode
+from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
 from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
 from physmorph.optimize.views import render_frames, render_settings, turntable
+from physmorph.render import raycast_mesh
+from physmorph.surface import bind_surface
 
 SUMMARY = "summary.json"
 STATE_FIELDS = ("positions", "velocities", "deformation_gradients", "affine_velocities")
@@ -139,7 +143,12 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             )
         state = load_state(paths.episode(done[-1]["episode"]), device) if done else setup.initial
     optimizer = optimize_adam if settings.optimizer == "adam" else optimize_reference
-    context = E2EContext.build(config, setup) if config.mode == "e2e" else None
+    mesh_views = MeshViews.build(config, setup)
+    context = E2EContext.build(config, setup, mesh_views) if config.mode == "e2e" else None
+    if context is not None:
+        visual_binding = context.binding
+    elif mesh_views is not None:
+        visual_binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
     if progress and settings.backend != "torch" and supports_fused(state, setup.model):
         # otherwise the first progress step sits silent for as long as compilation takes
         tqdm.write("fused GPU kernels: the first episode compiles them (about a minute on a new machine; "
@@ -165,6 +174,8 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         record.update(episode_metrics(problem, result, setup))
         history = [value if math.isfinite(value) else None for value in result.losses]
         record.update({"seconds": seconds, "loss_history": history, **additions})
+        if mesh_views is not None:
+            record["mesh_iou"] = mesh_views.iou(result.trajectory.final, visual_binding, render_settings(config))
         before, after = record["chamfer_before"], record["chamfer_after"]
         title = f"episode {episode}" + (f": Chamfer {before:.3f} → {after:.3f}" if before is not None else "")
         save_episode(paths.episode(episode), result, setup, setup.initial, title, extras)
@@ -200,35 +211,68 @@ def episode_metrics(problem: EpisodeProblem, result: EpisodeResult | E2EResult, 
 
 
 def write_run_media(paths: RunPaths, summary: dict[str, Any], setup: MorphSetup, config: MorphConfig) -> None:
-    """loss.png and the animation across all episodes (morph.mp4, or .gif without ffmpeg): the
-    particles beside the target, or for end-to-end runs the Gaussian renders on a turntable."""
+    """loss.png and the animation across all episodes (.mp4, or .gif without ffmpeg): morph.mp4,
+    the shaded Gaussians from a camera circling the morph beside the target mesh from the same
+    camera, and for physics runs also particles.mp4, the particles beside the target's."""
     episodes = summary["episodes"]
     write_loss_curves(paths.root / "loss.png", episodes)
     trajectories = [np.load(paths.episode(record["episode"]) / "trajectory.npz") for record in episodes]
-    if config.mode == "e2e":
-        images = gaussian_video_frames(trajectories, config, setup.initial.positions)
-    else:
-        frames, captions = [], []
-        for record, trajectory in zip(episodes, trajectories):
-            positions = trajectory["x"]
-            first = 0 if not frames else 1  # each episode starts where the previous one ended
-            for step in range(first, len(positions)):
-                frames.append(positions[step])
-                captions.append(f"episode {record['episode']}, step {step}")
-        images = particle_frames(frames, setup.target_points, captions)
+    captions = []
+    for record, trajectory in zip(episodes, trajectories):
+        first = 0 if not captions else 1  # each episode starts where the previous one ended
+        captions += [(record["episode"], step) for step in range(first, len(trajectory["x"]))]
+    target_mesh = None if setup.target_points is None else build_shape(config.target, config.base_dir)
+    images = gaussian_video_frames(trajectories, captions, config, setup.initial.positions, target_mesh)
     write_video(paths.root / "morph.mp4", images, fps=8)
+    if config.mode != "e2e" and setup.target_points is not None:
+        frames = []
+        for trajectory in trajectories:
+            frames += list(trajectory["x"][0 if not frames else 1 :])
+        labels = [f"episode {episode}, step {step}" for episode, step in captions]
+        write_video(paths.root / "particles.mp4", particle_frames(frames, setup.target_points, labels), fps=8)
 
 
-def gaussian_video_frames(trajectories: list[Any], config: MorphConfig, like: torch.Tensor) -> list[np.ndarray]:
-    """RGB frames of every step of every episode, rendered from a camera circling the morph."""
-    steps = sum(len(t["x"]) for t in trajectories)
+def gaussian_video_frames(
+    trajectories: list[Any],
+    captions: list[tuple[int, int]],
+    config: MorphConfig,
+    like: torch.Tensor,
+    target_mesh: trimesh.Trimesh | None,
+) -> list[np.ndarray]:
+    """Labelled RGB frames of every step (`captions`: (episode, step) per frame, the first state
+    of each later episode skipped), rendered from a camera circling the morph once, beside the
+    ray-cast target mesh."""
     positions = [torch.from_numpy(t["x"]).to(like) for t in trajectories]
-    cameras = turntable(config.e2e, torch.cat(positions).reshape(-1, 3), max(steps, 1), config.e2e.video_size)
-    settings, images, index = render_settings(config), [], 0
+    steps = len(captions)
+    framed = [torch.cat(positions).reshape(-1, 3)]
+    if target_mesh is not None:
+        framed.append(torch.as_tensor(target_mesh.vertices).to(like))
+    cameras = turntable(config.e2e, torch.cat(framed), max(steps, 1), config.e2e.video_size)
+    settings, renders = render_settings(config), []
     binding = None  # bound to the first episode's first (undeformed) state, then reused
-    for trajectory, x in zip(trajectories, positions):
+    for index, (trajectory, x) in enumerate(zip(trajectories, positions)):
         F = torch.from_numpy(trajectory["F"]).to(like)
-        frames, binding = render_frames(x, F, config.surface, cameras[index : index + len(x)], settings, binding)
-        images += [frame.rgb[0].clamp(0, 1).cpu().numpy() for frame in frames]
-        index += len(x)
+        first = 0 if index == 0 else 1
+        start = len(renders)
+        frames, binding = render_frames(
+            x[first:], F[first:], config.surface, cameras[start : start + len(x) - first], settings, binding
+        )
+        renders += [frame.rgb[0].clamp(0, 1).cpu().float().numpy() for frame in frames]
+    truth = None
+    if target_mesh is not None:
+        lighting = config.render.lighting
+        truth = raycast_mesh(
+            target_mesh,
+            cameras,
+            shading=None if lighting.model == "flat" else lighting,
+            color=config.render.particle_color,
+            background=config.render.bg,
+        ).rgb.numpy()
+    images = []
+    for index, ((episode, step), render) in enumerate(zip(captions, renders)):
+        row, labels = [render], ["physmorph (Gaussians)"]
+        if truth is not None:
+            row.append(truth[index])
+            labels.append("target mesh")
+        images.append(labelled_panels([row], [labels], f"episode {episode + 1}/{len(trajectories)}, step {step}"))
     return images

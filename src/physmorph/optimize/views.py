@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from physmorph.config import E2EConfig, MorphConfig
+from physmorph.io.figures import labelled_panels
 from physmorph.io.images import write_depth_png, write_normal_png, write_png
 from physmorph.io.npz import save_gaussians_npz
 from physmorph.io.ply import write_gaussians_ply
 from physmorph.io.targets import TargetImages
+from physmorph.losses.render_losses import silhouette_iou
 from physmorph.optimize.e2e import RenderSettings, render_state
 from physmorph.render import Cameras, Images, intrinsics_from_fov, orbit_cameras
 from physmorph.surface import Gaussians, SurfaceBinding, SurfaceConfig, bind_surface
@@ -94,16 +96,21 @@ def write_view_images(folder: Path, images: Images, names: list[str]) -> None:
             write_normal_png(folder / f"{name}_normal.png", images.normal[index])
 
 
-def side_by_side(targets: TargetImages, images: Images) -> np.ndarray:
-    """One image: per view (columns) the target (top: its rgb, or its mask) over the prediction."""
+def side_by_side(targets: TargetImages, images: Images, title: str = "") -> np.ndarray:
+    """One labelled image: per view (columns) the target (its rgb, or its mask) over the
+    prediction, with the view's name and the silhouette IoU."""
 
     def as_rgb(t: torch.Tensor) -> torch.Tensor:
         return t.unsqueeze(-1).expand(*t.shape, 3) if t.dim() == 3 else t
 
-    top = as_rgb(targets.rgb if targets.rgb is not None else targets.alpha).detach().cpu()
-    bottom = images.rgb.detach().cpu()
-    rows = [torch.cat(list(top), dim=1), torch.cat(list(bottom), dim=1)]
-    return torch.cat(rows, dim=0).clamp(0, 1).numpy()
+    top = as_rgb(targets.rgb if targets.rgb is not None else targets.alpha).detach().cpu().float()
+    bottom = images.rgb.detach().cpu().float()
+    iou = silhouette_iou(images.alpha.detach().cpu(), targets.alpha.detach().cpu().to(images.alpha.dtype))
+    labels = [
+        [f"target {name}" for name in targets.names],
+        [f"prediction {name}, IoU {value:.3f}" for name, value in zip(targets.names, iou.tolist())],
+    ]
+    return labelled_panels([[t.numpy() for t in top], [b.numpy() for b in bottom]], labels, title)
 
 
 def write_gaussians(folder: Path, gaussians: Gaussians) -> None:
