@@ -81,13 +81,14 @@ def render(
     episode: Optional[int] = typer.Option(None, "--episode", help="episode to render (default: all)"),  # noqa: UP045
     views: int = typer.Option(1, "--views", help="orbit cameras per step"),
     size: str = typer.Option("512x512", "--size", help="image size WIDTHxHEIGHT"),
+    ply: bool = typer.Option(False, "--ply", help="also write each step's Gaussians as a 3DGS PLY"),
 ) -> None:
     """Render a run's trajectory with Gaussians: per-step rgb/alpha/depth/normal PNGs and a video."""
     from physmorph.optimize.render_run import parse_size, render_run
 
     _show_warnings()
     try:
-        written = render_run(run_dir, episode, views, parse_size(size))
+        written = render_run(run_dir, episode, views, parse_size(size), ply)
     except PhysmorphError as error:
         _fail(error)
         return

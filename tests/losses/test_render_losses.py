@@ -318,3 +318,20 @@ def test_config_weights_and_errors():
         render_loss_config_from_mapping({"w_alfa": 1.0})
     with pytest.raises(ConfigError, match="target_cov_scale"):
         render_loss_config_from_mapping({"target_cov_scale": 0.0})
+
+
+def test_multiscale_silhouette_pulls_beyond_the_mismatch_and_passes_gradcheck():
+    target = torch.zeros(1, 16, 16, dtype=torch.float64)
+    target[:, 4:12, 4:12] = 1.0
+    alpha = target.clone()
+    alpha[:, 4:12, 10:12] = 0.0  # the prediction misses two columns of the target
+    alpha.requires_grad_(True)
+    silhouette_loss(alpha, target).backward()
+    assert alpha.grad[0, 6, 8] == 0  # a matching pixel next to the gap feels nothing per pixel
+    alpha.grad = None
+    silhouette_loss(alpha, target, levels=3).backward()
+    assert alpha.grad[0, 6, 8] < 0  # at coarser scales it is asked to grow toward the gap
+    assert alpha.grad[0, 6, 1] == 0  # far away (another 4×4 block), still nothing
+    smooth = torch.rand(2, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    partial = target[:, :9, :7].expand(2, 9, 7)
+    assert torch.autograd.gradcheck(lambda a: silhouette_loss(a, partial, 3), (smooth.requires_grad_(),))

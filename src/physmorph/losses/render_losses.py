@@ -49,6 +49,9 @@ class RenderLossConfig:
 
     enabled: bool = True  # false: physics-only training (render terms off)
     w_alpha: float = 0.5  # silhouette L1 on alpha
+    alpha_levels: int = 1  # physmorph: image scales of the silhouette term (1: per pixel only)
+    render_gradient_ratio: float | None = None  # physmorph: |render step| / |physics step| (None: plain sum)
+    drop_conflicting_gradient: bool = True  # physmorph: remove the render component opposing physics
     w_depth: float = 0.2  # depth L1 inside the target mask
     w_edge: float = 0.1  # covariance major axes along target silhouette tangents
     w_cov_align: float = 0.3  # covariance spectra toward curvature-based targets
@@ -69,6 +72,12 @@ class RenderLossConfig:
                 f"optimization.loss.{key}",
                 f"must be a finite number >= 0, got {value}",
             )
+        require(self.alpha_levels >= 1, "optimization.loss.alpha_levels", f"must be >= 1, got {self.alpha_levels}")
+        require(
+            self.render_gradient_ratio is None or self.render_gradient_ratio > 0,
+            "optimization.loss.render_gradient_ratio",
+            f"must be positive or unset, got {self.render_gradient_ratio}",
+        )
         require(
             self.target_cov_scale > 0,
             "optimization.loss.target_cov_scale",
@@ -92,9 +101,21 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=like.dtype, device=like.device)
 
 
-def silhouette_loss(alpha: torch.Tensor, target_alpha: torch.Tensor) -> torch.Tensor:
-    """mean |α − α*| over all pixels of alpha [C, H, W] and target_alpha [C, H, W]."""
-    return (alpha - target_alpha).abs().mean()
+def silhouette_loss(alpha: torch.Tensor, target_alpha: torch.Tensor, levels: int = 1) -> torch.Tensor:
+    """Mean over `levels` image scales of mean |α − α*| (alpha, target_alpha [C, H, W]).
+
+    Level l compares both masks average-pooled over 2^l × 2^l pixels, so a missing or extra part
+    pulls on Gaussians up to 2^(levels−1) pixels away, not only where their footprint already
+    overlaps the mismatch; levels = 1 is the plain per-pixel L1.
+    """
+    total = (alpha - target_alpha).abs().mean()
+    current, target = alpha[:, None], target_alpha[:, None]
+    for _ in range(1, levels):
+        if min(current.shape[-2:]) < 2:
+            break
+        current, target = nnf.avg_pool2d(current, 2, ceil_mode=True), nnf.avg_pool2d(target, 2, ceil_mode=True)
+        total = total + (current - target).abs().mean()
+    return total / levels
 
 
 def depth_loss(depth: torch.Tensor, target_depth: torch.Tensor, target_alpha: torch.Tensor) -> torch.Tensor:

@@ -204,7 +204,7 @@ class RenderObjective:
         """The unweighted terms whose weight is non-zero."""
         terms: dict[str, torch.Tensor] = {}
         if weights["alpha"] > 0:
-            terms["alpha"] = silhouette_loss(images.alpha, target.alpha)
+            terms["alpha"] = silhouette_loss(images.alpha, target.alpha, self.losses.alpha_levels)
         if weights["depth"] > 0 and target.depth is not None:
             terms["depth"] = depth_loss(images.depth, target.depth, target.alpha)
         if weights["edge"] > 0:

@@ -11,9 +11,10 @@ from tqdm import tqdm
 
 from physmorph.config import config_from_mapping
 from physmorph.errors import InputError
+from physmorph.io.ply import write_gaussians_ply
 from physmorph.io.video import write_video
 from physmorph.optimize.views import orbit_views, render_frames, render_settings, write_view_images
-from physmorph.surface import bind_surface
+from physmorph.surface import bind_surface, synthesize_surface
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -27,9 +28,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def render_run(run_dir: str | Path, episode: int | None, views: int, size: tuple[int, int]) -> list[Path]:
+def render_run(
+    run_dir: str | Path, episode: int | None, views: int, size: tuple[int, int], ply: bool = False
+) -> list[Path]:
     """Write `epNNN/frames/stepSSS_viewVV_{rgb,alpha,depth,normal}.png` for the chosen episodes and
-    `render.mp4` (view 0 of every step, all chosen episodes) into `run_dir`."""
+    `render.mp4` (view 0 of every step, all chosen episodes) into `run_dir`; with `ply`, also
+    `epNNN/frames/stepSSS.ply`, the Gaussians of every step as a standard 3DGS PLY."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
@@ -60,6 +64,14 @@ def render_run(run_dir: str | Path, episode: int | None, views: int, size: tuple
                 write_view_images(folder, images, [f"step{step:03d}_view{v:02d}"])
                 if v == 0:
                     video.append(images.rgb[0].clamp(0, 1).numpy())
-        written += sorted(folder.glob("*.png"))
+        if ply:
+            with torch.no_grad():
+                for step in range(len(x)):
+                    gaussians = synthesize_surface(x[step], F[step], binding)
+                    count = gaussians.count
+                    gaussians.colors = torch.tensor(settings.config.particle_color).expand(count, 3)
+                    gaussians.opacities = torch.full((count,), settings.opacity)
+                    write_gaussians_ply(folder / f"step{step:03d}.ply", gaussians)
+        written += sorted(folder.glob("*.png")) + sorted(folder.glob("*.ply"))
     written.append(write_video(run_dir / "render.mp4", video, fps=8))
     return written
