@@ -52,3 +52,13 @@ def balanced_surrogate(
     render = [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, render)]
     combined = balanced_gradient(physics, render, ratio, drop_conflict)
     return sum(((p * g.detach()).sum() for p, g in zip(parameters, combined)), physics_loss.new_zeros(()))
+
+
+def balanced_objective(physics: float, render: float, start: tuple[float, float], ratio: float) -> float:
+    """physics / physics₀ + ratio · render / render₀: the value that picks the best iterate when
+    gradients are balanced, each part relative to its value `start` at the episode's start, so
+    an iterate that trades a little physics loss for a better image match can win (the raw sum
+    is ruled by the physics loss, thousands against a few tenths)."""
+    physics_start, render_start = start
+    value = physics / physics_start if physics_start > 0 else physics
+    return value + ratio * (render / render_start if render_start > 0 else render)

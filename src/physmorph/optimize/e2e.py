@@ -32,6 +32,7 @@ from physmorph.losses.render_losses import (
 )
 from physmorph.losses.schedules import training_progress
 from physmorph.mpm import Material, Trajectory
+from physmorph.optimize.balance import balanced_objective, balanced_surrogate
 from physmorph.optimize.episode import EpisodeProblem, Progress
 from physmorph.render import Cameras, Images, RenderConfig, render
 from physmorph.render.renderer import Backend
@@ -261,7 +262,8 @@ def _material(base: Material, kind: MaterialParameters, parameters: list[torch.T
 class E2EResult:
     """Best controls [K, N, 3, 3] and material, their trajectory and the history of the run.
 
-    losses:  objective (full, unscheduled weights) per iteration; the first: zero controls,
+    losses:  objective (full, unscheduled weights; with balanced gradients the relative
+             `balanced_objective`, 1 + ratio at the start) per iteration; the first: zero controls,
              initial material; the best of them chose the result
     terms:   unweighted loss terms per iteration ('phys' and the render terms)
     metrics: per supervised step, per-view 'iou' (and 'psnr' when targets have colour) of the result
@@ -287,8 +289,10 @@ class E2EResult:
 class E2EEvaluation:
     """One forward pass of end-to-end training.
 
-    loss:       w_phys · physics loss + Σ scheduled weight · render term (differentiable)
+    loss:       w_phys · physics loss + Σ scheduled weight · render term (differentiable), or
+                the balanced surrogate (see e2e_loss)
     objective:  the same with the full (unscheduled) weights: comparable across iterations
+    parts:      that objective's physics part and render part
     terms:      unweighted terms by name ('phys', 'alpha', 'depth', ...)
     trajectory: the rollout
     images:     rendered images of each supervised step
@@ -299,6 +303,7 @@ class E2EEvaluation:
     terms: dict[str, torch.Tensor]
     trajectory: Trajectory
     images: list[Images]
+    parts: tuple[float, float] = (0.0, 0.0)
 
 
 def e2e_loss(
@@ -307,10 +312,16 @@ def e2e_loss(
     controls: torch.Tensor,
     material: Material | None = None,
     progress: float = 1.0,
+    parameters: Sequence[torch.Tensor] | None = None,
 ) -> E2EEvaluation:
     """w_phys · physics loss + weighted render terms at training `progress` ∈ [0, 1] for `controls`
     [K, N, 3, 3] and `material` (default the problem's): one graph back to the controls and any
-    material tensor requiring grad."""
+    material tensor requiring grad.
+
+    With `losses.render_gradient_ratio` set and the trained leaf tensors given as `parameters`,
+    `loss` is instead a surrogate whose gradient is the balanced one (`balanced_gradient`: the
+    render gradient scaled to that share of the physics gradient, its opposing part dropped);
+    `objective` stays the plain weighted sum."""
     if material is not None:
         problem = dataclasses.replace(problem, model=problem.model.with_material(material))
     trajectory = problem.rollout(controls)
@@ -323,7 +334,17 @@ def e2e_loss(
     zero = torch.zeros((), dtype=controls.dtype, device=controls.device)
     loss = sum((scheduled[name] * term for name, term in terms.items()), zero)
     unscheduled = sum((full[name] * term.detach() for name, term in terms.items()), zero)
-    return E2EEvaluation(loss, unscheduled, terms, trajectory, images)
+    ratio = losses.render_gradient_ratio
+    physics = terms.get("phys")
+    if ratio is not None and parameters is not None and physics is not None and loss.requires_grad:
+        render_part = sum((scheduled[name] * term for name, term in terms.items() if name != "phys"), zero)
+        if render_part.requires_grad:
+            loss = balanced_surrogate(
+                losses.w_phys * physics, render_part, list(parameters), ratio, losses.drop_conflicting_gradient
+            )
+    physics_part = float(full["phys"] * terms["phys"].detach()) if physics is not None else 0.0
+    parts = (physics_part, float(unscheduled) - physics_part)
+    return E2EEvaluation(loss, unscheduled, terms, trajectory, images, parts)
 
 
 def optimize_e2e(
@@ -387,6 +408,7 @@ def optimize_e2e(
     best_loss, best, since_best = math.inf, snapshot(), 0
     history: list[float] = []
     term_history: list[dict[str, float]] = []
+    start: tuple[float, float] | None = None  # objective parts at the episode's start
     for iteration in range(settings.iterations + 1):
         fraction = training_progress(iteration, settings.iterations)
         try:
@@ -396,8 +418,12 @@ def optimize_e2e(
                 controls,
                 _material(base_material, material, material_parameters),
                 fraction,
+                [controls, *material_parameters],
             )
             value = evaluation.objective.item()
+            if losses.render_gradient_ratio is not None and losses.w_phys > 0:
+                start = start or evaluation.parts
+                value = balanced_objective(*evaluation.parts, start, losses.render_gradient_ratio)
             term_history.append({name: float(term.detach()) for name, term in evaluation.terms.items()})
         except SimulationDiverged:
             value = math.inf
