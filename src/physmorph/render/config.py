@@ -15,7 +15,9 @@ class LightingConfig:
     model: Literal["phong", "lambert", "flat"] = "phong"
     type: Literal["directional"] = "directional"
     direction: tuple[float, float, float] = (0.3, -0.5, 0.8)  # world, from the scene toward the light
-    two_sided: bool = True  # light back faces as if their normal faced the camera
+    # Surfels carry outward normals of a closed surface, so back faces need no light of their own;
+    # flipping them (true) lights grazing surfels from behind and darkens silhouettes.
+    two_sided: bool = False  # light back faces as if their normal faced the camera
     ambient: float = 0.18  # fraction of albedo always visible
     diffuse: float = 0.85  # Lambert weight
     specular: float = 0.10  # white Phong highlight weight
