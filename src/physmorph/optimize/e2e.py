@@ -421,7 +421,7 @@ def optimize_e2e(
                 [controls, *material_parameters],
             )
             value = evaluation.objective.item()
-            if losses.render_gradient_ratio is not None and losses.w_phys > 0:
+            if losses.render_gradient_ratio is not None and losses.w_phys > 0 and any(losses.weights(1.0).values()):
                 start = start or evaluation.parts
                 value = balanced_objective(*evaluation.parts, start, losses.render_gradient_ratio)
             term_history.append({name: float(term.detach()) for name, term in evaluation.terms.items()})
