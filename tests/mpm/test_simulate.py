@@ -4,6 +4,7 @@ import torch
 from physmorph.errors import InputError, SimulationDiverged
 from physmorph.mpm import Material, State, control_steps, simulate
 from physmorph.mpm.grid import Grid
+from physmorph.mpm.plasticity import Plasticity
 
 from .helpers import block_model, lattice_block, random_state
 
@@ -49,6 +50,44 @@ def test_rollout_gradcheck_wrt_youngs_modulus_density_and_initial_state():
         return simulate(initial, model, 5, forces=forces).positions[-1]
 
     assert torch.autograd.gradcheck(rollout, (E, nu, density, v0))
+
+
+def test_rollout_gradcheck_through_plastic_flow():
+    x = lattice_block(0.5)
+    controls = (
+        0.05 * torch.randn(2, len(x), 3, 3, dtype=DT, generator=torch.Generator().manual_seed(5))
+    ).requires_grad_()
+    mu = torch.tensor(20.0, dtype=DT, requires_grad=True)
+    tau_y = torch.tensor(4.0, dtype=DT, requires_grad=True)
+    initial = random_state(x, seed=2, scale=0.05)
+
+    def rollout(dF, mu, tau_y):
+        model = block_model(
+            x, material=Material(30.0, mu, 2.0), dt=0.01, smoothing=0.5, plasticity=Plasticity(tau_y, 5.0)
+        )
+        trajectory = simulate(initial, model, 4, dF, control_stride=2)
+        return trajectory.positions[-1], trajectory.deformation_gradients[-1], trajectory.plastic_strain[-1]
+
+    flowing = rollout(controls, mu, tau_y)[2] > 0
+    assert 0 < int(flowing.sum()) < len(x), "the check needs particles on both sides of the yield surface"
+    assert torch.autograd.gradcheck(rollout, (controls, mu, tau_y))
+
+
+@pytest.mark.parametrize("yield_stress", [None, 20.0], ids=["elastic", "plastic"])
+def test_a_pulled_body_springs_back_unless_it_flows(yield_stress):
+    x = lattice_block(1.5, 0.5)
+    pull, num_steps = 30, 150
+    plasticity = None if yield_stress is None else Plasticity(yield_stress)
+    model = block_model(x, 0.5, dt=0.01, smoothing=0.0, drag=3.0, plasticity=plasticity)
+    forces = torch.zeros(num_steps, len(x), 3, dtype=DT)
+    forces[:pull, :, 0] = 60.0 * torch.sign(x[:, 0]) * model.masses  # the halves pulled apart along x
+    extent = simulate(State.at_rest(x), model, num_steps, forces=forces).positions[..., 0].std(-1)
+    assert extent.max() > 1.1 * extent[0]
+    if plasticity is None:
+        assert abs(extent[-1] / extent[0] - 1) < 0.02
+    else:
+        assert extent[-1] > 1.5 * extent[0]
+        assert abs(extent[-1] / extent[100] - 1) < 0.03  # at rest, stretched
 
 
 def test_checkpointed_rollout_gives_same_values_and_gradients():

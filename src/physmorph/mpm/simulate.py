@@ -44,25 +44,26 @@ class Trajectory:
     velocities:            [T+1, N, 3]
     deformation_gradients: [T+1, N, 3, 3]
     affine_velocities:     [T+1, N, 3, 3]
+    plastic_strain:        [T+1, N] accumulated plastic strain α (zeros for elastic bodies)
     """
 
     positions: torch.Tensor
     velocities: torch.Tensor
     deformation_gradients: torch.Tensor
     affine_velocities: torch.Tensor
+    plastic_strain: torch.Tensor
 
     @property
     def num_steps(self) -> int:
         return int(self.positions.shape[0]) - 1
 
+    @property
+    def series(self) -> tuple[torch.Tensor, ...]:
+        return self.positions, self.velocities, self.deformation_gradients, self.affine_velocities, self.plastic_strain
+
     def state(self, index: int) -> State:
         """The State at trajectory index `index` (0 = initial, -1 = final)."""
-        return State(
-            self.positions[index],
-            self.velocities[index],
-            self.deformation_gradients[index],
-            self.affine_velocities[index],
-        )
+        return State(*(series[index] for series in self.series))
 
     @property
     def final(self) -> State:
@@ -70,15 +71,7 @@ class Trajectory:
 
     def then(self, later: Trajectory, index: int) -> Trajectory:
         """This trajectory up to `index`, continued by `later` (which starts at that state)."""
-        return Trajectory(
-            *(
-                torch.cat((mine[:index], theirs))
-                for mine, theirs in zip(
-                    (self.positions, self.velocities, self.deformation_gradients, self.affine_velocities),
-                    (later.positions, later.velocities, later.deformation_gradients, later.affine_velocities),
-                )
-            )
-        )
+        return Trajectory(*(torch.cat((mine[:index], theirs)) for mine, theirs in zip(self.series, later.series)))
 
 
 def control_steps(num_steps: int, control_stride: int) -> list[int]:
@@ -127,10 +120,9 @@ def simulate(
     control_at = {t: k for k, t in enumerate(steps_with_control)}
 
     def advance(state_tensors: tuple[torch.Tensor, ...], control: torch.Tensor | None, force: torch.Tensor | None):
-        result = step_function(State(*state_tensors), model, control, force)
-        return result.positions, result.velocities, result.deformation_gradients, result.affine_velocities
+        return step_function(State(*state_tensors), model, control, force).tensors
 
-    state = (initial.positions, initial.velocities, initial.deformation_gradients, initial.affine_velocities)
+    state = initial.tensors
     history: list[tuple[torch.Tensor, ...]] = [state]
     bad_counts = []
     for t in range(start_step, num_steps):
@@ -140,7 +132,7 @@ def simulate(
         force = None if forces is None else (forces if forces.dim() == 2 else forces[t])
         if checkpoint_steps and torch.is_grad_enabled():
             state = checkpoint(
-                lambda x, v, F, C, dF, f: advance((x, v, F, C), dF, f),
+                lambda x, v, F, C, alpha, dF, f: advance((x, v, F, C, alpha), dF, f),
                 *state,
                 control,
                 force,

@@ -9,6 +9,7 @@ import torch
 
 from physmorph.mpm.grid import Grid, Kernel
 from physmorph.mpm.materials import Material
+from physmorph.mpm.plasticity import Plasticity
 
 Boundary = Literal["slip", "sticky", "none"]
 
@@ -21,12 +22,15 @@ class State:
     velocities:            v [N, 3]
     deformation_gradients: F [N, 3, 3]
     affine_velocities:     C [N, 3, 3] (APIC affine velocity field, 1/s)
+    plastic_strain:        α [N], accumulated von Mises plastic strain (None: never flowed);
+                           with plasticity, F is the elastic part Fe of F = Fe·Fp
     """
 
     positions: torch.Tensor
     velocities: torch.Tensor
     deformation_gradients: torch.Tensor
     affine_velocities: torch.Tensor
+    plastic_strain: torch.Tensor | None = None
 
     @staticmethod
     def at_rest(positions: torch.Tensor) -> State:
@@ -44,21 +48,19 @@ class State:
     def num_particles(self) -> int:
         return int(self.positions.shape[0])
 
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """(x, v, F, C, α), α zeros when None."""
+        alpha = self.plastic_strain
+        if alpha is None:
+            alpha = torch.zeros_like(self.positions[:, 0])
+        return self.positions, self.velocities, self.deformation_gradients, self.affine_velocities, alpha
+
     def detach(self) -> State:
-        return State(
-            self.positions.detach(),
-            self.velocities.detach(),
-            self.deformation_gradients.detach(),
-            self.affine_velocities.detach(),
-        )
+        return State(*(t.detach() for t in self.tensors))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> State:
-        return State(
-            *(
-                t.to(device=device, dtype=dtype)
-                for t in (self.positions, self.velocities, self.deformation_gradients, self.affine_velocities)
-            )
-        )
+        return State(*(t.to(device=device, dtype=dtype) for t in self.tensors))
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Model:
     min_jacobian:     J floor of the trust region that limits compression per step
     kernel:           'cubic' (64 nodes) or 'quadratic' (27 nodes) B-spline
     boundary:         wall condition on nodes within `boundary_cells` of the grid's faces
+    plasticity:       von Mises return mapping after each step's F update (None: elastic)
     """
 
     grid: Grid
@@ -92,6 +95,7 @@ class Model:
     kernel: Kernel = "cubic"
     boundary: Boundary = "slip"
     boundary_cells: int = field(default=3)
+    plasticity: Plasticity | None = None
 
     @property
     def masses(self) -> torch.Tensor:

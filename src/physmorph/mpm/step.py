@@ -8,6 +8,7 @@ import torch
 
 from physmorph.mpm.grid import Grid, Kernel, Stencil, affine_scale, kernel_support, stencil
 from physmorph.mpm.materials import first_piola_stress, jacobian
+from physmorph.mpm.plasticity import return_mapping
 from physmorph.mpm.state import Model, State
 
 
@@ -119,7 +120,7 @@ def grid_to_particles(
     st: Stencil,
     controlled_deformation: torch.Tensor,
 ) -> State:
-    """G2P, the J trust region, the smoothed F update and advection (SPEC §3.4–3.7)."""
+    """G2P, the J trust region, the smoothed F update, plastic flow and advection (SPEC §3.4–3.7)."""
     dt = model.dt
     node_velocity = gather_nodes(grid_velocity, st.node_index)
     K, o = st.support, st.axis_offset
@@ -143,7 +144,16 @@ def grid_to_particles(
     eye = torch.eye(3, dtype=F_hat.dtype, device=F_hat.device)
     F_new = (eye + dt * affine) @ F_hat
     F_new = (1.0 - model.smoothing) * F_new + model.smoothing * state.deformation_gradients
-    return State(state.positions + dt * velocity, velocity, F_new, affine)
+    F_new, plastic_strain = plastic_flow(F_new, state, model)
+    return State(state.positions + dt * velocity, velocity, F_new, affine, plastic_strain)
+
+
+def plastic_flow(F_trial: torch.Tensor, state: State, model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Fe, α') of the trial gradient [N, 3, 3] after `model.plasticity`'s return mapping; elastic
+    models keep F_trial and `state`'s α."""
+    if model.plasticity is None:
+        return F_trial, state.plastic_strain
+    return return_mapping(F_trial, state.tensors[4], model.material.mu, model.plasticity)
 
 
 def step(

@@ -1,7 +1,8 @@
 """Fused GPU MPM step (Triton): same contract and results as physmorph.mpm.step.step.
 
 The fast path covers the cubic B-spline, the fixed-corotated material and every wall condition
-('slip', 'sticky', 'none') for float32 and float64 CUDA tensors. Everything else (CPU tensors,
+('slip', 'sticky', 'none') for float32 and float64 CUDA tensors; von Mises plasticity runs the
+reference return mapping (PyTorch) on the fused step's F. Everything else (CPU tensors,
 no Triton, the quadratic kernel, Neo-Hookean, other dtypes) runs the reference `step`.
 Differences from the reference: the polar rotation comes from a Newton iteration, so for
 inverted F + ΔF (det ≤ 0) the fused step uses the orthogonal polar factor (det −1) where the
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from physmorph.mpm.state import Model, State
-from physmorph.mpm.step import step
+from physmorph.mpm.step import plastic_flow, step
 
 __all__ = ["fused_step", "supports_fused"]
 
@@ -98,4 +99,7 @@ def fused_step(
         _on_device(model.external_force, x).reshape(3).contiguous(),
         StepSettings.of(model),
     )
-    return State(*outputs)
+    x_new, v_new, F_trial, C_new = outputs
+    # plastic flow runs the reference's PyTorch return mapping on the fused step's F
+    F_new, plastic_strain = plastic_flow(F_trial, state, model)
+    return State(x_new, v_new, F_new, C_new, plastic_strain)
