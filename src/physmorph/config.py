@@ -26,6 +26,34 @@ class UnusedKeysWarning(UserWarning):
 
 
 @dataclass
+class PlasticityConfig:
+    """The `simulation.plasticity` section: von Mises plasticity on the Hencky strain (F = Fe·Fp)."""
+
+    model: Literal["none", "von_mises"] = "none"  # 'none': elastic (the reference's behaviour)
+    yield_stress: float = 1000.0  # τ_y: bound on ‖deviatoric Kirchhoff stress‖ (Frobenius), stress units
+    hardening: float = 0.0  # H: τ_y grows by H per unit of accumulated plastic strain, stress units
+
+    def validate(self) -> None:
+        p = "simulation.plasticity"
+        require(
+            math.isfinite(self.yield_stress) and self.yield_stress > 0,
+            f"{p}.yield_stress",
+            f"must be a positive stress, got {self.yield_stress}",
+        )
+        finite_hardening = math.isfinite(self.hardening) and self.hardening >= 0
+        require(finite_hardening, f"{p}.hardening", f"must be ≥ 0, got {self.hardening}")
+        defaults = PlasticityConfig()
+        if self.model == "none":
+            for key in ("yield_stress", "hardening"):
+                if getattr(self, key) != getattr(defaults, key):
+                    warnings.warn(
+                        f"config key '{p}.{key}' has no effect with {p}.model 'none'; set model: von_mises",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+
+
+@dataclass
 class SimulationConfig:
     """The `simulation` section: grid, particles, material and step settings (reference keys)."""
 
@@ -48,6 +76,7 @@ class SimulationConfig:
     boundary_cells: int = 3  # width of the wall layer, cells
     bulk_viscosity: float = 0.25  # ζ
     min_jacobian: float = 0.6  # J floor of the per-step compression trust region
+    plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
 
     def validate(self) -> None:
         s = "simulation"
@@ -88,6 +117,9 @@ class OptimizationConfig:
 
     num_animations: int = 2  # episodes; each starts from the previous one's last state
     num_timesteps: int = 10  # MPM steps per episode
+    # free steps (no control) after each episode's driven steps; the loss is taken at their end and
+    # the next episode starts from the released state. 0: the reference (loss at the last driven step)
+    release_steps: int = 0
     control_stride: int = 1  # a ΔF control every `control_stride` steps
     max_gd_iters: int = 1  # reference optimiser: gradient steps per control step and pass
     max_ls_iters: int = 10  # reference optimiser: line-search halvings
@@ -113,6 +145,7 @@ class OptimizationConfig:
         o = "optimization"
         require(self.num_animations >= 1, f"{o}.num_animations", "must be ≥ 1")
         require(self.num_timesteps >= 1, f"{o}.num_timesteps", "must be ≥ 1")
+        require(self.release_steps >= 0, f"{o}.release_steps", f"must be ≥ 0, got {self.release_steps}")
         require(self.control_stride >= 1, f"{o}.control_stride", "must be ≥ 1")
         require(
             self.num_timesteps >= self.control_stride,

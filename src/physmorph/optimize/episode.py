@@ -25,7 +25,8 @@ MAX_STEP_RELATIVE = 0.05
 
 @dataclass
 class EpisodeProblem:
-    """One episode: roll out `num_steps` from `initial` and compare the end to the target field."""
+    """One episode: roll out `num_steps` driven steps from `initial`, then `release_steps` free
+    ones, and compare the end to the target field."""
 
     model: Model
     initial: State
@@ -37,6 +38,7 @@ class EpisodeProblem:
     arrival_speed_weight: float = 0.0
     target_points: torch.Tensor | None = None
     chamfer_weight: float = 0.0
+    release_steps: int = 0
 
     @staticmethod
     def of(setup: MorphSetup, initial: State, settings: OptimizationConfig) -> EpisodeProblem:
@@ -52,6 +54,7 @@ class EpisodeProblem:
             settings.arrival_speed_weight,
             setup.target_points,
             settings.chamfer_weight,
+            settings.release_steps,
         )
 
     @property
@@ -63,8 +66,9 @@ class EpisodeProblem:
         return torch.zeros(self.num_controls, x.shape[0], 3, 3, dtype=x.dtype, device=x.device)
 
     def rollout(self, controls: torch.Tensor, start: int = 0, state: State | None = None) -> Trajectory:
-        """Roll out from step `start` (whose state is `state`, default the initial one)."""
-        return simulate(
+        """Roll out from step `start` (whose state is `state`, default the initial one) to the end
+        of the release; index `num_steps − start` of the result is the last driven step's state."""
+        driven = simulate(
             state or self.initial,
             self.model,
             self.num_steps,
@@ -74,6 +78,16 @@ class EpisodeProblem:
             backend=self.backend,
             start_step=start,
         )
+        if not self.release_steps:
+            return driven
+        released = simulate(
+            driven.final,
+            self.model,
+            self.release_steps,
+            checkpoint_steps=self.checkpoint_steps,
+            backend=self.backend,
+        )
+        return driven.then(released, driven.num_steps)
 
     def loss(self, trajectory: Trajectory) -> torch.Tensor:
         """Mass loss of the last state, plus `arrival_speed_weight` · mean |v|² of the last state

@@ -36,7 +36,7 @@ from physmorph.render import raycast_mesh
 from physmorph.surface import bind_surface
 
 SUMMARY = "summary.json"
-STATE_FIELDS = ("positions", "velocities", "deformation_gradients", "affine_velocities")
+STATE_FIELDS = ("positions", "velocities", "deformation_gradients", "affine_velocities", "plastic_strain")
 
 
 @dataclass
@@ -85,6 +85,7 @@ def save_episode(
         partial / "trajectory.npz",
         x=trajectory.positions.detach().cpu().float().numpy(),
         F=trajectory.deformation_gradients.detach().cpu().float().numpy(),
+        plastic_strain=trajectory.plastic_strain.detach().cpu().float().numpy(),
         controls=result.controls.detach().cpu().float().numpy(),
     )
     # the exact final state (own dtype) lets --resume continue bit for bit
@@ -103,7 +104,8 @@ def save_episode(
 
 def load_state(folder: Path, device: torch.device) -> State:
     data = np.load(folder / "state.npz")
-    return State(*(torch.from_numpy(data[name]).to(device) for name in STATE_FIELDS))
+    # runs written before plasticity existed have no plastic strain: they never flowed
+    return State(*(torch.from_numpy(data[name]).to(device) for name in STATE_FIELDS if name in data))
 
 
 def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -189,16 +191,23 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
 
 @torch.no_grad()
 def episode_metrics(problem: EpisodeProblem, result: EpisodeResult | E2EResult, setup: MorphSetup) -> dict[str, Any]:
-    """Mass loss and Chamfer distance before (no control) and after, and det F of the last state."""
+    """Mass loss and Chamfer distance before (no control) and after (the end of the release, and
+    of the driven steps), det F and the plastic strain of the last state."""
     final = result.trajectory.final
     jacobians = torch.linalg.det(final.deformation_gradients)
-    metrics: dict[str, Any] = {"J_min": jacobians.min().item(), "J_mean": jacobians.mean().item()}
+    metrics: dict[str, Any] = {
+        "J_min": jacobians.min().item(),
+        "J_mean": jacobians.mean().item(),
+        "plastic_strain_mean": final.plastic_strain.mean().item(),
+        "plastic_strain_max": final.plastic_strain.max().item(),
+    }
     if setup.target_points is None:
         return metrics | {
             "mass_loss_before": None,
             "mass_loss_after": None,
             "chamfer_before": None,
             "chamfer_after": None,
+            "chamfer_after_driven": None,
         }
     before = problem.mass_loss(problem.rollout(problem.zero_controls())).item()
     after = problem.mass_loss(result.trajectory).item()
@@ -207,6 +216,9 @@ def episode_metrics(problem: EpisodeProblem, result: EpisodeResult | E2EResult, 
         "mass_loss_after": after,
         "chamfer_before": chamfer_distance(problem.initial.positions, setup.target_points).item(),
         "chamfer_after": chamfer_distance(final.positions, setup.target_points).item(),
+        "chamfer_after_driven": chamfer_distance(
+            result.trajectory.positions[problem.num_steps], setup.target_points
+        ).item(),
     }
 
 
@@ -228,7 +240,7 @@ def write_run_media(paths: RunPaths, summary: dict[str, Any], setup: MorphSetup,
         frames = []
         for trajectory in trajectories:
             frames += list(trajectory["x"][0 if not frames else 1 :])
-        labels = [f"episode {episode}, step {step}" for episode, step in captions]
+        labels = [f"episode {episode}, step {step}{phase(step, config)}" for episode, step in captions]
         write_video(paths.root / "particles.mp4", particle_frames(frames, setup.target_points, labels), fps=8)
 
 
@@ -274,5 +286,11 @@ def gaussian_video_frames(
         if truth is not None:
             row.append(truth[index])
             labels.append("target mesh")
-        images.append(labelled_panels([row], [labels], f"episode {episode + 1}/{len(trajectories)}, step {step}"))
+        title = f"episode {episode + 1}/{len(trajectories)}, step {step}{phase(step, config)}"
+        images.append(labelled_panels([row], [labels], title))
     return images
+
+
+def phase(step: int, config: MorphConfig) -> str:
+    """', released' for a video frame in an episode's release phase, else ''."""
+    return ", released" if step > config.optimization.num_timesteps else ""

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from physmorph.config import MorphConfig, SimulationConfig
+from physmorph.config import MorphConfig, PlasticityConfig, SimulationConfig
 from physmorph.errors import ConfigError
 from physmorph.geometry.config import build_shape
 from physmorph.geometry.fill import MaterialPoints, fill_mesh
 from physmorph.mpm import Grid, Material, Model, State, grid_volume_estimate, splat_mass
+from physmorph.mpm.plasticity import Plasticity
 
 
 @dataclass
@@ -56,6 +57,13 @@ def make_material(simulation: SimulationConfig, dtype: torch.dtype, device: torc
     return Material(tensor(simulation.lam), tensor(simulation.mu), tensor(simulation.density), simulation.material)
 
 
+def make_plasticity(plasticity: PlasticityConfig) -> Plasticity | None:
+    """The model's return mapping, None for an elastic body."""
+    if plasticity.model == "none":
+        return None
+    return Plasticity(plasticity.yield_stress, plasticity.hardening)
+
+
 def fill_body(config: MorphConfig, which: str, dtype: torch.dtype, device: torch.device) -> MaterialPoints:
     """Material points of the `source` or `target` shape of `config`."""
     sim = config.simulation
@@ -91,6 +99,7 @@ def make_model(simulation: SimulationConfig, points: MaterialPoints, material: M
         kernel=simulation.kernel,
         boundary=simulation.boundary,
         boundary_cells=simulation.boundary_cells,
+        plasticity=make_plasticity(simulation.plasticity),
     )
 
 
