@@ -1,8 +1,10 @@
 """MPM step benchmark: forward and forward+backward ms/step of the reference and fused backends.
 
-Runnable as `python benchmarks/mpm_step.py [--sizes 16384 1048576] [--profile 1048576]`.
-A dense block of particles (8 per cell, lattice spacing dx/2, jittered) sits in a 128³-cell grid
-(dx = 1, nodes 129³), cubic kernel, fixed corotated, slip walls, one random ΔF control per step.
+Runnable as `python benchmarks/mpm_step.py [--sizes 16384 1048576] [--profile 1048576]
+[--plasticity off|on|both]`. A dense block of particles (8 per cell, lattice spacing dx/2,
+jittered) sits in a 128³-cell grid (dx = 1, nodes 129³), cubic kernel, fixed corotated, slip
+walls, one random ΔF control per step; `--plasticity on` adds the von Mises return mapping
+(τ_y = --yield-stress, most particles flow) and `both` times each backend with and without it.
 On CUDA both backends run in one process and the table gives their ratio and the fused step's
 effective bandwidth (fewest bytes a step must move / time) against the measured device-to-device
 copy bandwidth; on CPU only the reference runs (16k particles by default).
@@ -17,13 +19,16 @@ import time
 import torch
 
 from physmorph.mpm import Grid, Material, Model, State, step
+from physmorph.mpm.plasticity import Plasticity
 
 GRID_CELLS = 128
 DEFAULT_SIZES_CUDA = (16_384, 262_144, 1_048_576, 4_194_304)
 DEFAULT_SIZES_CPU = (16_384,)
 
 
-def particle_block(n: int, device: torch.device, dtype: torch.dtype) -> tuple[State, torch.Tensor, Model]:
+def particle_block(
+    n: int, device: torch.device, dtype: torch.dtype, plasticity: Plasticity | None = None
+) -> tuple[State, torch.Tensor, Model]:
     """About n particles (k³, k = round(n^⅓)) at 8 per cell in the middle of the grid."""
     g = torch.Generator(device="cpu").manual_seed(0)
     k = round(n ** (1.0 / 3.0))
@@ -39,7 +44,9 @@ def particle_block(n: int, device: torch.device, dtype: torch.dtype) -> tuple[St
     half = GRID_CELLS / 2.0
     grid = Grid(1.0, (-half, -half, -half), (half, half, half))
     lattice_volumes = torch.full((count,), 0.125, **cast)
-    model = Model(grid, Material(38888.89, 58333.3, 75.0), lattice_volumes, lattice_volumes.clone())
+    model = Model(
+        grid, Material(38888.89, 58333.3, 75.0), lattice_volumes, lattice_volumes.clone(), plasticity=plasticity
+    )
     state = State(x.to(**cast), v.to(**cast), F.to(**cast), C.to(**cast))
     return state, control.to(**cast), model
 
@@ -108,8 +115,10 @@ def step_runs(step_function, state: State, control: torch.Tensor, model: Model):
     return forward, forward_backward
 
 
-def benchmark(backend: str, n: int, device: torch.device, dtype: torch.dtype) -> dict:
-    state, control, model = particle_block(n, device, dtype)
+def benchmark(
+    backend: str, n: int, device: torch.device, dtype: torch.dtype, plasticity: Plasticity | None = None
+) -> dict:
+    state, control, model = particle_block(n, device, dtype, plasticity)
     count = state.num_particles
     if backend == "triton":
         from physmorph.mpm.fused import fused_step as step_function
@@ -156,7 +165,10 @@ def main() -> None:
     parser.add_argument("--backends", nargs="*", help="torch and/or triton (default: all available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--profile", type=int, default=0, help="profile the fused step at this N (CUDA)")
+    parser.add_argument("--plasticity", default="off", choices=["off", "on", "both"], help="von Mises return mapping")
+    parser.add_argument("--yield-stress", type=float, default=1000.0, help="τ_y with --plasticity on/both")
     args = parser.parse_args()
+    variants = {"off": [None], "on": [Plasticity(args.yield_stress)], "both": [None, Plasticity(args.yield_stress)]}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     cuda = device.type == "cuda"
@@ -168,31 +180,40 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; {args.dtype}; grid {GRID_CELLS}³ cells, cubic")
     if cuda:
         print(f"device-to-device copy bandwidth: {bandwidth:.0f} GB/s (read + write)")
-    header = (f"{'N':>9} {'backend':>7} {'fwd ms':>9} {'fwd Mp/s':>9} {'f+b ms':>9} {'f+b Mp/s':>9}"
+    header = (f"{'N':>9} {'backend':>7} {'plastic':>7} {'fwd ms':>9} {'fwd Mp/s':>9} {'f+b ms':>9} {'f+b Mp/s':>9}"
               f" {'fwd x':>7} {'f+b x':>7} {'fwd BW':>13} {'f+b BW':>13}")
     rows = []
+    elastic = {}  # (N, backend) → elastic forward+backward ms, for the plastic/elastic throughput ratio
     for n in sizes:
-        reference = None
-        for backend in backends:
-            r = benchmark(backend, n, device, dtype)
-            count = r["n"]
-            fwd_bytes, total_bytes = fewest_bytes(count, nodes, torch.finfo(dtype).bits // 8)
-            speedup = ("", "")
-            if backend == "triton" and reference is not None:
-                speedup = (f"{reference['forward_ms'] / r['forward_ms']:.0f}",
-                           f"{reference['forward_backward_ms'] / r['forward_backward_ms']:.0f}")
-            bw = ("", "")
-            if cuda:
-                f_bw = fwd_bytes / (r["forward_ms"] * 1e-3) / 1e9
-                t_bw = total_bytes / (r["forward_backward_ms"] * 1e-3) / 1e9
-                bw = (f"{f_bw:.0f} ({100 * f_bw / bandwidth:.0f}%)", f"{t_bw:.0f} ({100 * t_bw / bandwidth:.0f}%)")
-            rows.append(
-                f"{count:>9} {backend:>7} {r['forward_ms']:>9.3f} {count / r['forward_ms'] / 1e3:>9.1f}"
-                f" {r['forward_backward_ms']:>9.3f} {count / r['forward_backward_ms'] / 1e3:>9.1f}"
-                f" {speedup[0]:>7} {speedup[1]:>7} {bw[0]:>13} {bw[1]:>13} {r.get('note', '')}"
-            )
-            if backend == "torch":
-                reference = r
+        for plasticity in variants[args.plasticity]:
+            reference = None
+            for backend in backends:
+                r = benchmark(backend, n, device, dtype, plasticity)
+                count = r["n"]
+                fwd_bytes, total_bytes = fewest_bytes(count, nodes, torch.finfo(dtype).bits // 8)
+                speedup = ("", "")
+                if backend == "triton" and reference is not None:
+                    speedup = (f"{reference['forward_ms'] / r['forward_ms']:.0f}",
+                               f"{reference['forward_backward_ms'] / r['forward_backward_ms']:.0f}")
+                bw = ("", "")
+                if cuda:
+                    f_bw = fwd_bytes / (r["forward_ms"] * 1e-3) / 1e9
+                    t_bw = total_bytes / (r["forward_backward_ms"] * 1e-3) / 1e9
+                    bw = (f"{f_bw:.0f} ({100 * f_bw / bandwidth:.0f}%)",
+                          f"{t_bw:.0f} ({100 * t_bw / bandwidth:.0f}%)")
+                note = r.get("note", "")
+                if plasticity is None:
+                    elastic[count, backend] = r["forward_backward_ms"]
+                elif (count, backend) in elastic:
+                    note += f"f+b throughput {100 * elastic[count, backend] / r['forward_backward_ms']:.0f}% of elastic"
+                rows.append(
+                    f"{count:>9} {backend:>7} {'yes' if plasticity else 'no':>7} {r['forward_ms']:>9.3f}"
+                    f" {count / r['forward_ms'] / 1e3:>9.1f} {r['forward_backward_ms']:>9.3f}"
+                    f" {count / r['forward_backward_ms'] / 1e3:>9.1f} {speedup[0]:>7} {speedup[1]:>7}"
+                    f" {bw[0]:>13} {bw[1]:>13} {note}"
+                )
+                if backend == "torch":
+                    reference = r
     print("Mp/s = 10⁶ particle-steps per second; x = reference time / fused time;"
           " BW = fewest bytes / time in GB/s (% of copy)")
     print(header)

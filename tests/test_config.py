@@ -60,6 +60,17 @@ def test_shipped_reference_config_fills_the_reference_particle_count(shared_dir,
         ({"mode": "fast"}, "'mode' must be 'physics' or 'e2e'"),
         ({"e2e": {"fov_deg": 0}}, "'e2e.fov_deg' must be in (0, 170)"),
         ({"optimization": {"loss": {"w_alpha": -1}}}, "optimization.loss.w_alpha"),
+        ({"optimization": {"release_steps": -1}}, "'optimization.release_steps' must be ≥ 0, got -1"),
+        ({"simulation": {"plasticity": {"model": "drucker"}}}, "simulation.plasticity.model: 'drucker' is not one of"),
+        ({"simulation": {"plasticity": {"yield": 3}}}, "unknown config key 'simulation.plasticity.yield'"),
+        (
+            {"simulation": {"plasticity": {"model": "von_mises", "yield_stress": 0}}},
+            "'simulation.plasticity.yield_stress' must be a positive stress, got 0.0",
+        ),
+        (
+            {"simulation": {"plasticity": {"model": "von_mises", "hardening": -5}}},
+            "'simulation.plasticity.hardening' must be ≥ 0, got -5.0",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(mapping, message):
@@ -84,3 +95,37 @@ def test_missing_config_file_is_clear(tmp_path):
     (tmp_path / "bad.yaml").write_text("simulation: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_plasticity_and_release_reach_the_model_and_the_episode():
+    import torch
+
+    from physmorph.optimize.episode import EpisodeProblem
+
+    mapping = {
+        "target": {"shape": "sphere", "params": {"radius": 4.0}},
+        "simulation": {"plasticity": {"model": "von_mises", "yield_stress": 800.0, "hardening": 40.0}},
+        "optimization": {"release_steps": 7},
+    }
+    config = config_from_mapping(mapping)
+    setup = build_setup(config, torch.device("cpu"))
+    assert setup.model.plasticity.yield_stress == 800.0 and setup.model.plasticity.hardening == 40.0
+    assert EpisodeProblem.of(setup, setup.initial, config.optimization).release_steps == 7
+    again = config_from_mapping(config_to_mapping(config))
+    assert again.simulation == config.simulation and again.optimization == config.optimization
+    elastic = build_setup(config_from_mapping({"target": mapping["target"]}), torch.device("cpu"))
+    assert elastic.model.plasticity is None
+
+
+def test_plasticity_settings_without_a_plastic_model_are_named_in_a_warning():
+    with pytest.warns(UserWarning, match=r"'simulation\.plasticity\.yield_stress' has no effect"):
+        config_from_mapping({"simulation": {"plasticity": {"yield_stress": 50.0}}})
+
+
+def test_reference_config_stays_elastic_without_release():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = load_config("configs/sphere_to_bunny.yaml")
+    assert config.simulation.plasticity.model == "none" and config.optimization.release_steps == 0
+    demo = load_config("src/physmorph/configs/demo.yaml")
+    assert demo.simulation.plasticity.model == "von_mises" and demo.optimization.release_steps > 0

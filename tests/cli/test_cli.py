@@ -19,6 +19,8 @@ EPISODE_FIELDS = {
     "mass_loss_after",
     "chamfer_before",
     "chamfer_after",
+    "chamfer_after_driven",
+    "plastic_strain_max",
     "J_min",
     "J_mean",
     "seconds",
@@ -54,7 +56,12 @@ def test_morph_writes_every_output(tiny_config, tmp_path):
     assert not list(out.glob("*.partial")) and not list(out.glob(".*tmp*"))
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    # plastic, with a release phase (tests/optimize/test_run.py checks that α round-trips)
+    tiny_config = tmp_path / "plastic.yaml"
+    simulation = {**TINY["simulation"], "plasticity": {"model": "von_mises", "yield_stress": 20.0}}
+    optimization = {**TINY["optimization"], "release_steps": 2}
+    tiny_config.write_text(yaml.safe_dump({**TINY, "simulation": simulation, "optimization": optimization}))
     runner = CliRunner()
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert runner.invoke(app, ["morph", str(tiny_config), "--out", str(whole)]).exit_code == 0
@@ -64,9 +71,11 @@ def test_resume_equals_an_uninterrupted_run(tiny_config, tmp_path):
     a = json.loads((whole / "summary.json").read_text())["episodes"]
     b = json.loads((split / "summary.json").read_text())["episodes"]
     assert [e["loss_history"] for e in a] == [e["loss_history"] for e in b]
-    np.testing.assert_array_equal(
-        np.load(whole / "ep001" / "state.npz")["positions"], np.load(split / "ep001" / "state.npz")["positions"]
-    )
+    for name in ("positions", "plastic_strain"):
+        np.testing.assert_array_equal(
+            np.load(whole / "ep001" / "state.npz")[name], np.load(split / "ep001" / "state.npz")[name]
+        )
+    assert np.load(whole / "ep001" / "trajectory.npz")["x"].shape[0] == 3 + 2 + 1
 
 
 def test_bad_config_is_one_clear_line(tmp_path):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from physmorph.config import config_from_mapping
-from physmorph.losses import chamfer_distance
+from physmorph.losses import chamfer_distance, mass_loss
+from physmorph.mpm import simulate
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam, optimize_reference
 from physmorph.optimize.setup import build_setup
 
@@ -62,3 +63,26 @@ def test_chamfer_term_adds_the_weighted_distance_and_its_exact_gradient():
         moved[entry] += sign * h
         shifted.append(with_chamfer.loss(with_chamfer.rollout(moved)).item())
     assert controls.grad[entry].item() == pytest.approx((shifted[0] - shifted[1]) / (2 * h), rel=1e-4, abs=1e-6)
+
+
+
+def test_release_steps_run_free_after_the_driven_steps_and_the_loss_sees_their_end(problem):
+    _, driven_only = problem
+    released = EpisodeProblem(
+        driven_only.model, driven_only.initial, driven_only.target_grid_mass, 5, 1, release_steps=3
+    )
+    g = torch.Generator().manual_seed(1)
+    controls = 0.02 * torch.randn(released.zero_controls().shape, generator=g)
+    trajectory = released.rollout(controls)
+    driven = driven_only.rollout(controls)
+    assert trajectory.num_steps == 5 + 3
+    torch.testing.assert_close(trajectory.positions[: 5 + 1], driven.positions)
+    free = simulate(driven.final, released.model, 3)
+    torch.testing.assert_close(trajectory.positions[5:], free.positions)
+    assert released.loss(trajectory).item() == pytest.approx(
+        mass_loss(free.final.positions, released.model.masses, released.target_grid_mass, released.model.grid).item()
+    )
+    assert released.loss(trajectory).item() != pytest.approx(driven_only.loss(driven).item(), rel=1e-3)
+    # restarting mid-way (the reference optimiser's per-step rollouts) also ends after the release
+    resumed = released.rollout(controls, start=2, state=trajectory.state(2))
+    torch.testing.assert_close(resumed.positions[-1], trajectory.positions[-1])
