@@ -22,6 +22,7 @@ from triton.compiler import ASTSource
 
 from physmorph.mpm.fused import function as fused
 from physmorph.mpm.fused import kernels
+from physmorph.mpm.fused import return_mapping as plastic
 
 INDEX_POINTERS = {"order_ptr", "keys_ptr"}
 
@@ -69,6 +70,9 @@ def main() -> None:
         ("g2p_backward", kernels.g2p_backward, {"HAS_CONTROL": True} | scan, fused.SCAN_WARPS),
         ("grid_backward", kernels.grid_backward, walls, 4),
         ("p2g_backward", kernels.p2g_backward, material | particle, fused.PARTICLE_WARPS),
+        ("plastic_fwd", plastic.return_mapping_forward, {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK}, 4),
+        ("plastic_bwd", plastic.return_mapping_backward,
+         {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK, "GAP": plastic.SERIES_GAP}, 4),
     )
     target = GPUTarget("cuda", args.arch, 32)
     triton.knobs.compilation.always_compile = True  # time the compiler, not Triton's disk cache

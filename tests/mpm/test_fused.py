@@ -150,6 +150,24 @@ def test_plastic_step_matches_reference_values_and_gradients(deformation):
 
 
 @pytest.mark.gpu
+def test_float32_plastic_step_close_to_float64_reference():
+    grid, t64, boundary = _setup("near_identity", torch.float64, "cuda")
+    plasticity = Plasticity(yield_stress=8.0, hardening=50.0)
+    results = []
+    for step_function, dtype in ((fused_step, torch.float32), (step, torch.float64)):
+        leaves = {k: v.to(dtype).requires_grad_(True) for k, v in t64.items()}
+        alpha = torch.linspace(0.0, 0.2, len(t64["x"]), dtype=dtype, device="cuda")
+        model = _model(grid, leaves, boundary, plasticity=plasticity)
+        out = step_function(State(leaves["x"], leaves["v"], leaves["F"], leaves["C"], alpha), model,
+                            leaves["dF"], leaves["force"]).tensors
+        loss = sum((o.double() * torch.sin(o.double())).sum() for o in out)
+        results.append([o.detach().double() for o in out]
+                       + [g.double() for g in torch.autograd.grad(loss, list(leaves.values()))])
+    for a, b in zip(*results):
+        assert _relative(a, b) < 1e-3
+
+
+@pytest.mark.gpu
 def test_gradient_without_control_or_force_matches_reference():
     grid, t, boundary = _setup("strong", torch.float64, "cuda")
     names = ["x", "v", "F", "C", "lam", "mu", "volumes"]

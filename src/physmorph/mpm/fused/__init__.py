@@ -1,8 +1,9 @@
 """Fused GPU MPM step (Triton): same contract and results as physmorph.mpm.step.step.
 
 The fast path covers the cubic B-spline, the fixed-corotated material and every wall condition
-('slip', 'sticky', 'none') for float32 and float64 CUDA tensors; von Mises plasticity runs the
-reference return mapping (PyTorch) on the fused step's F. Everything else (CPU tensors,
+('slip', 'sticky', 'none') for float32 and float64 CUDA tensors, and von Mises plasticity
+(return_mapping.py; a yield stress or hardening that needs a gradient runs the reference return
+mapping on the fused step's F instead). Everything else (CPU tensors,
 no Triton, the quadratic kernel, Neo-Hookean, other dtypes) runs the reference `step`.
 Differences from the reference: the polar rotation comes from a Newton iteration, so for
 inverted F + ΔF (det ≤ 0) the fused step uses the orthogonal polar factor (det −1) where the
@@ -74,8 +75,8 @@ def fused_step(
 
     deformation_control: ΔF [N, 3, 3] added to F before the stress (consumed by this step)
     force:               per-particle force [N, 3] (mass · grid units / s²), optional
-    Differentiable in x, v, F, C, ΔF, force, λ, μ, density (masses), volumes, drag and the
-    external force.
+    Differentiable in x, v, F, C, the plastic strain α, ΔF, force, λ, μ, density (masses),
+    volumes, drag and the external force.
     """
     if not supports_fused(state, model):
         return step(state, model, deformation_control, force)
@@ -100,6 +101,23 @@ def fused_step(
         StepSettings.of(model),
     )
     x_new, v_new, F_trial, C_new = outputs
-    # plastic flow runs the reference's PyTorch return mapping on the fused step's F
-    F_new, plastic_strain = plastic_flow(F_trial, state, model)
+    plasticity = model.plasticity
+    if plasticity is None or not (_host_number(plasticity.yield_stress) and _host_number(plasticity.hardening)):
+        F_new, plastic_strain = plastic_flow(F_trial, state, model)
+        return State(x_new, v_new, F_new, C_new, plastic_strain)
+    from physmorph.mpm.fused.return_mapping import FusedReturnMapping, settings_values
+
+    F_new, plastic_strain = FusedReturnMapping.apply(
+        F_trial,
+        state.tensors[4].to(dtype),
+        _per_particle(material.mu, n, x),
+        _host_constant(settings_values(float(plasticity.yield_stress), float(plasticity.hardening)), dtype, x.device),
+    )
     return State(x_new, v_new, F_new, C_new, plastic_strain)
+
+
+def _host_number(value: torch.Tensor | float) -> bool:
+    """Whether a plasticity parameter is a host number (the fused return mapping takes no gradient in it)."""
+    if not isinstance(value, torch.Tensor):
+        return True
+    return value.device.type == "cpu" and value.numel() == 1 and not value.requires_grad
