@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of physmorph in one run (how BENCHMARKS.md's GPU rows were made).
-# Usage: bash benchmarks/gpu_all.sh [tests|mpm|tuning|surface|fidelity|render|morph|e2e ...]   (default: all)
+# Usage: bash benchmarks/gpu_all.sh [tests|mpm|tuning|surface|fidelity|render|morph|release|e2e ...]   (default: all)
 # Logs go to $OUT (the device tool's folder) or ./gpu_logs. Wheels in .whl/ (gsplat, trimesh) are
 # installed first when present; gsplat JIT-compiles its CUDA code on first use (about 70 s).
 set -uo pipefail
@@ -14,19 +14,21 @@ fi
 export PYTHONPATH="$SITE:$PWD/src"
 MESHES=${MESHES:-../shared/meshes}
 [ -d "$MESHES" ] || MESHES=.gpubuild/meshes   # a copy carried to the device machine
-parts=${*:-tests mpm tuning surface fidelity render morph e2e}
+parts=${*:-tests mpm tuning surface fidelity render morph release e2e}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/device.txt"
 for part in $parts; do
   start=$(date +%s)
   case $part in
     tests)   python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider tests ;;
-    mpm)     python3 benchmarks/mpm_step.py --profile 1048576 ;;
+    mpm)     python3 benchmarks/mpm_step.py --profile 1048576 &&
+             python3 benchmarks/mpm_step.py --sizes 262144 1048576 --plasticity both ;;
     tuning)  python3 benchmarks/fused_tuning.py --backward ;;
     surface) python3 benchmarks/surface.py --device cuda ;;
     fidelity) python3 benchmarks/surface_fidelity.py --device cuda --meshes "$MESHES" --images "$LOG" ;;
     render)  python3 benchmarks/render.py --device cuda ;;
     morph)   python3 benchmarks/morph_reference.py --meshes "$MESHES" --device cuda --episodes 2 ;;
+    release) python3 benchmarks/release.py --meshes "$MESHES" --device cuda ;;
     e2e)     python3 benchmarks/e2e.py --device cuda &&
              python3 benchmarks/e2e.py --device cuda --mode compare --source "$MESHES/isosphere.obj" \
                --target "$MESHES/bunny.obj" --iterations 12 ;;

@@ -138,7 +138,8 @@ def labelled_panels(
 
 
 def write_loss_curves(path: str | os.PathLike[str], episodes: Sequence[dict]) -> Path:
-    """PNG of the loss per iteration (all episodes in a row) and the Chamfer distance per episode."""
+    """PNG of the loss per iteration (all episodes in a row) and the Chamfer distance per episode
+    (at the end of the release, and of the driven steps when episodes have a release phase)."""
     figure = Figure(figsize=(11, 4), dpi=100)
     loss_axis, chamfer_axis = figure.subplots(1, 2)
     offset = 0
@@ -154,7 +155,11 @@ def write_loss_curves(path: str | os.PathLike[str], episodes: Sequence[dict]) ->
     numbers = [e["episode"] for e in episodes]
     if episodes[0].get("chamfer_before") is not None:
         chamfer = [episodes[0]["chamfer_before"]] + [e["chamfer_after"] for e in episodes]
-        chamfer_axis.plot([numbers[0] - 1, *numbers], chamfer, "o-")
+        chamfer_axis.plot([numbers[0] - 1, *numbers], chamfer, "o-", label="end of episode")
+        driven = [e.get("chamfer_after_driven") for e in episodes]
+        if any(d is not None and d != e["chamfer_after"] for d, e in zip(driven, episodes)):
+            chamfer_axis.plot(numbers, driven, "s--", label="end of the driven steps (before the release)")
+            chamfer_axis.legend(fontsize=8)
     chamfer_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     chamfer_axis.set_xlabel("episode (−1 = start)")
     chamfer_axis.set_ylabel("Chamfer distance to target (grid units)")
