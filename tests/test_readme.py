@@ -9,4 +9,4 @@ def test_readme_python_example_runs_and_reaches_the_controls():
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace["controls"].grad.abs().sum() > 0
-    assert namespace["material"].mu.grad is not None
+    assert namespace["material"].mu.grad.abs() > 0

@@ -11,7 +11,16 @@ TINY = {
     "source": {"shape": "sphere", "params": {"radius": 2.0}},
     "target": {"shape": "capsule", "params": {"radius": 1.5, "length": 3.0}},
     "simulation": {"grid_min_point": [-6, -6, -6], "grid_max_point": [6, 6, 6], "points_per_cell_cuberoot": 2},
-    "optimization": {"num_animations": 2, "num_timesteps": 3, "iterations": 2, "device": "cpu"},
+    # the pure mass loss: with the default speed and Chamfer terms Adam's first steps on a body
+    # this small go uphill, and the morph would not move
+    "optimization": {
+        "num_animations": 2,
+        "num_timesteps": 3,
+        "iterations": 2,
+        "device": "cpu",
+        "arrival_speed_weight": 0.0,
+        "chamfer_weight": 0.0,
+    },
 }
 EPISODE_FIELDS = {
     "episode",
@@ -44,7 +53,9 @@ def test_morph_writes_every_output(tiny_config, tmp_path):
     assert len(summary["episodes"]) == 2
     for record in summary["episodes"]:
         assert set(record) >= EPISODE_FIELDS
-        assert min(record["loss_history"]) <= record["loss_history"][0]
+        # Adam found controls better than none (the first entry is the zero-control loss)
+        assert min(record["loss_history"][1:]) < record["loss_history"][0]
+        assert record["mass_loss_after"] < record["mass_loss_before"]
         folder = out / f"ep{record['episode']:03d}"
         for name in ("trajectory.npz", "final.ply", "comparison.png"):
             assert (folder / name).is_file(), name

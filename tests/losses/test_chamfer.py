@@ -38,7 +38,9 @@ def test_chamfer_on_cuda_matches_the_cpu_value_and_gradient():
     b = torch.randn(3000, 3, generator=g, dtype=torch.float64)
     results = []
     for device in ("cpu", "cuda"):
-        x = a.to(device).requires_grad_(True)
+        # a leaf on each device: `a` itself must not require grad, or a.to("cuda") is a non-leaf
+        # copy whose .grad stays None
+        x = a.detach().to(device).requires_grad_(True)
         value = chamfer_distance(x, b.to(device), chunk=1024)
         value.backward()
         results.append((value.item(), x.grad.cpu()))

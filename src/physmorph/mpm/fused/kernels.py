@@ -23,6 +23,21 @@ PARAMETERS = (
     "trust_min_jacobian", "jacobian_floor", "mass_threshold", "tiny_determinant",
     )
 
+# Kernels read each setting at its name's position in PARAMETERS (never at a typed number), so
+# adding or reordering settings cannot make a kernel read the wrong one.
+PRM_DT = tl.constexpr(PARAMETERS.index("dt"))
+PRM_DX = tl.constexpr(PARAMETERS.index("dx"))
+PRM_MIN_X = tl.constexpr(PARAMETERS.index("min_x"))
+PRM_MIN_Y = tl.constexpr(PARAMETERS.index("min_y"))
+PRM_MIN_Z = tl.constexpr(PARAMETERS.index("min_z"))
+PRM_AFFINE_SCALE = tl.constexpr(PARAMETERS.index("affine_scale"))
+PRM_BULK_VISCOSITY = tl.constexpr(PARAMETERS.index("bulk_viscosity"))
+PRM_SMOOTHING = tl.constexpr(PARAMETERS.index("smoothing"))
+PRM_TRUST_MIN_JACOBIAN = tl.constexpr(PARAMETERS.index("trust_min_jacobian"))
+PRM_JACOBIAN_FLOOR = tl.constexpr(PARAMETERS.index("jacobian_floor"))
+PRM_MASS_THRESHOLD = tl.constexpr(PARAMETERS.index("mass_threshold"))
+PRM_TINY_DETERMINANT = tl.constexpr(PARAMETERS.index("tiny_determinant"))
+
 BOUNDARY_CODES = {"none": 0, "sticky": 1, "slip": 2}
 
 
@@ -224,8 +239,8 @@ def _node_velocity(gm, gpx, gpy, gpz, ix, iy, iz, nx, ny, nz, dt, f0, f1, f2, ma
 def _node_rows(grid_ptr, force_ptr, prm_ptr, offs, mask, nx, ny, nz,
                CELLS: tl.constexpr, BOUNDARY: tl.constexpr):
     """Momentum of grid rows `offs` and their velocities, keep flags and safe masses (_node_velocity)."""
-    dt = tl.load(prm_ptr + 0)
-    mass_threshold = tl.load(prm_ptr + 10)
+    dt = tl.load(prm_ptr + PRM_DT)
+    mass_threshold = tl.load(prm_ptr + PRM_MASS_THRESHOLD)
     iz = offs % nz
     iy = (offs // nz) % ny
     ix = offs // (ny * nz)
@@ -292,11 +307,11 @@ def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask,
 @triton.jit
 def _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz):
     """Position x, position in cells relative to the grid minimum, and the clamped base node."""
-    dx = tl.load(prm_ptr + 1)
+    dx = tl.load(prm_ptr + PRM_DX)
     x0, x1, x2 = _load_vector(x_ptr, offs, mask)
-    l0 = (x0 - tl.load(prm_ptr + 2)) / dx
-    l1 = (x1 - tl.load(prm_ptr + 3)) / dx
-    l2 = (x2 - tl.load(prm_ptr + 4)) / dx
+    l0 = (x0 - tl.load(prm_ptr + PRM_MIN_X)) / dx
+    l1 = (x1 - tl.load(prm_ptr + PRM_MIN_Y)) / dx
+    l2 = (x2 - tl.load(prm_ptr + PRM_MIN_Z)) / dx
     b0 = tl.minimum(tl.maximum(tl.floor(l0).to(tl.int32) - 1, 0), nx - 4)
     b1 = tl.minimum(tl.maximum(tl.floor(l1).to(tl.int32) - 1, 0), ny - 4)
     b2 = tl.minimum(tl.maximum(tl.floor(l2).to(tl.int32) - 1, 0), nz - 4)
@@ -407,10 +422,10 @@ def p2g_forward(
     in registers first, so a cell of k particles costs 64 atomics instead of 64·k.
     """
     offs, mask, key, last = _sorted_block(order_ptr, keys_ptr, N, BLOCK)
-    dt = tl.load(prm_ptr + 0)
-    dx = tl.load(prm_ptr + 1)
-    scale = tl.load(prm_ptr + 5)
-    zeta = tl.load(prm_ptr + 6)
+    dt = tl.load(prm_ptr + PRM_DT)
+    dx = tl.load(prm_ptr + PRM_DX)
+    scale = tl.load(prm_ptr + PRM_AFFINE_SCALE)
+    zeta = tl.load(prm_ptr + PRM_BULK_VISCOSITY)
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
@@ -421,7 +436,7 @@ def p2g_forward(
      _det, _J, _safe_det, _a, p00, p01, p02, p10, p11, p12, p20, p21, p22) = _stress(
         h00, h01, h02, h10, h11, h12, h20, h21, h22,
         _load_field(lam_ptr, lam_stride, offs, mask), _load_field(mu_ptr, mu_stride, offs, mask),
-        tl.load(prm_ptr + 9), tl.load(prm_ptr + 11), NEWTON)
+        tl.load(prm_ptr + PRM_JACOBIAN_FLOOR), tl.load(prm_ptr + PRM_TINY_DETERMINANT), NEWTON)
     t00, t01, t02, t10, t11, t12, t20, t21, t22 = _kirchhoff(
         p00, p01, p02, p10, p11, p12, p20, p21, p22, h00, h01, h02, h10, h11, h12, h20, h21, h22,
         c00, c11, c22, zeta)
@@ -522,17 +537,18 @@ def g2p_forward(
     """G2P from the node velocities, trust region, smoothed F update, advection."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    dt = tl.load(prm_ptr + 0)
-    beta = tl.load(prm_ptr + 7)
+    dt = tl.load(prm_ptr + PRM_DT)
+    beta = tl.load(prm_ptr + PRM_SMOOTHING)
     x0, x1, x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
-        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, tl.load(prm_ptr + 1), tl.load(prm_ptr + 5), UNROLL)
+        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, tl.load(prm_ptr + PRM_DX),
+        tl.load(prm_ptr + PRM_AFFINE_SCALE), UNROLL)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
     s, _raw, _rate, _active, _J0 = _trust_scale(
         b00, b11, b22, _det(h00, h01, h02, h10, h11, h12, h20, h21, h22), dt,
-        tl.load(prm_ptr + 8), tl.load(prm_ptr + 9))
+        tl.load(prm_ptr + PRM_TRUST_MIN_JACOBIAN), tl.load(prm_ptr + PRM_JACOBIAN_FLOOR))
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = _scale9(s, b00, b01, b02, b10, b11, b12, b20, b21, b22)
     e00, e01, e02, e10, e11, e12, e20, e21, e22 = _matmul(
         1.0 + dt * c00, dt * c01, dt * c02, dt * c10, 1.0 + dt * c11, dt * c12,
@@ -559,12 +575,12 @@ def g2p_backward(
     and writes the particle-local parts of ∂L/∂x [N, 3] and ∂L/∂Fh [N, 9].
     """
     offs, mask, key, last = _sorted_block(order_ptr, keys_ptr, N, BLOCK)
-    dt = tl.load(prm_ptr + 0)
-    dx = tl.load(prm_ptr + 1)
-    scale = tl.load(prm_ptr + 5)
-    beta = tl.load(prm_ptr + 7)
-    trust_j = tl.load(prm_ptr + 8)
-    floor_j = tl.load(prm_ptr + 9)
+    dt = tl.load(prm_ptr + PRM_DT)
+    dx = tl.load(prm_ptr + PRM_DX)
+    scale = tl.load(prm_ptr + PRM_AFFINE_SCALE)
+    beta = tl.load(prm_ptr + PRM_SMOOTHING)
+    trust_j = tl.load(prm_ptr + PRM_TRUST_MIN_JACOBIAN)
+    floor_j = tl.load(prm_ptr + PRM_JACOBIAN_FLOOR)
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     # forward recompute of B for the trust region
     _u0, _u1, _u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
@@ -650,7 +666,7 @@ def grid_backward(
     """
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < G
-    dt = tl.load(prm_ptr + 0)
+    dt = tl.load(prm_ptr + PRM_DT)
     gm, p0, p1, p2, _v0, _v1, _v2, k0, k1, k2, safe = _node_rows(
         grid_ptr, force_ptr, prm_ptr, offs, mask, nx, ny, nz, CELLS, BOUNDARY)
     gv0 = tl.where(k0, tl.load(grad_grid_ptr + offs * 4 + 1, mask=mask, other=0.0), 0.0)
@@ -680,13 +696,13 @@ def p2g_backward(
     """Adjoint of the stress and P2G; finishes every particle and material gradient."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    dt = tl.load(prm_ptr + 0)
-    dx = tl.load(prm_ptr + 1)
-    scale = tl.load(prm_ptr + 5)
-    zeta = tl.load(prm_ptr + 6)
-    beta = tl.load(prm_ptr + 7)
-    floor_j = tl.load(prm_ptr + 9)
-    tiny = tl.load(prm_ptr + 11)
+    dt = tl.load(prm_ptr + PRM_DT)
+    dx = tl.load(prm_ptr + PRM_DX)
+    scale = tl.load(prm_ptr + PRM_AFFINE_SCALE)
+    zeta = tl.load(prm_ptr + PRM_BULK_VISCOSITY)
+    beta = tl.load(prm_ptr + PRM_SMOOTHING)
+    floor_j = tl.load(prm_ptr + PRM_JACOBIAN_FLOOR)
+    tiny = tl.load(prm_ptr + PRM_TINY_DETERMINANT)
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
