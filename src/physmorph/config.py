@@ -21,6 +21,12 @@ from physmorph.surface.config import SurfaceConfig, surface_config_from_mapping
 Vector = tuple[float, float, float]
 
 
+# The walls and the B-spline stencil take 3 cells on each side; a grid needs a cell between them.
+MIN_GRID_CELLS = 7
+# Image sides beyond this are a typo (the renderer's per-pixel buffers would not fit a GPU).
+MAX_IMAGE_SIDE = 8192
+
+
 class UnusedKeysWarning(UserWarning):
     """Reference-system keys that physmorph accepts but does not use."""
 
@@ -86,7 +92,19 @@ class SimulationConfig:
             f"{s}.grid_max_point",
             f"must exceed grid_min_point on every axis ({self.grid_min_point} vs {self.grid_max_point})",
         )
-        require(1 <= self.points_per_cell_cuberoot <= 8, f"{s}.points_per_cell_cuberoot", "must be 1..8")
+        require(
+            1 <= self.points_per_cell_cuberoot <= 8,
+            f"{s}.points_per_cell_cuberoot",
+            f"must be 1..8, got {self.points_per_cell_cuberoot}",
+        )
+        cells = [(hi - lo) / self.grid_dx for lo, hi in zip(self.grid_min_point, self.grid_max_point)]
+        require(
+            min(cells) >= MIN_GRID_CELLS,
+            f"{s}.grid_dx",
+            f"({self.grid_dx}) leaves only {min(cells):.3g} cells across the grid box {self.grid_min_point} to "
+            f"{self.grid_max_point}; at least {MIN_GRID_CELLS} are needed (walls and stencil take 3 on each side): "
+            "lower grid_dx or enlarge the box",
+        )
         require(math.isfinite(self.dt) and self.dt > 0, f"{s}.dt", f"must be a positive time step, got {self.dt}")
         require(self.density > 0, f"{s}.density", f"must be positive, got {self.density}")
         require(self.drag >= 0, f"{s}.drag", f"must be ≥ 0, got {self.drag}")
@@ -94,7 +112,7 @@ class SimulationConfig:
             0 <= self.smoothing_factor < 1, f"{s}.smoothing_factor", f"must be in [0, 1), got {self.smoothing_factor}"
         )
         require(0 < self.min_jacobian < 1, f"{s}.min_jacobian", f"must be in (0, 1), got {self.min_jacobian}")
-        require(self.boundary_cells >= 0, f"{s}.boundary_cells", "must be ≥ 0")
+        require(self.boundary_cells >= 0, f"{s}.boundary_cells", f"must be ≥ 0, got {self.boundary_cells}")
         if self.youngs_modulus is not None or self.poisson_ratio is not None:
             require(
                 self.youngs_modulus is not None and self.poisson_ratio is not None,
@@ -108,7 +126,29 @@ class SimulationConfig:
         else:
             require(self.lam is not None and self.mu is not None, f"{s}.lam", "and mu are needed (or E and ν)")
             require(self.mu > 0, f"{s}.mu", f"must be positive, got {self.mu}")
-            require(self.lam > -2.0 / 3.0 * self.mu, f"{s}.lam", "must exceed −2μ/3 (positive bulk modulus)")
+            require(
+                self.lam > -2.0 / 3.0 * self.mu,
+                f"{s}.lam",
+                f"must exceed −2μ/3 (positive bulk modulus), got {self.lam}",
+            )
+        # CFL: an explicit step must not let the pressure wave cross more than a cell
+        wave_speed = math.sqrt(self.p_wave_modulus / self.density)
+        stable_dt = self.grid_dx / wave_speed
+        require(
+            self.dt <= stable_dt,
+            f"{s}.dt",
+            f"({self.dt:g} s) exceeds the explicit stability limit dx / c = {stable_dt:.3g} s (pressure-wave speed "
+            f"c = √((λ + 2μ)/ρ) = {wave_speed:.3g} grid units/s); lower dt below {stable_dt:.3g} (a third of it is "
+            "safe) or soften the material",
+        )
+
+    @property
+    def p_wave_modulus(self) -> float:
+        """λ + 2μ (stress units), from lam/mu or from E and ν."""
+        if self.youngs_modulus is not None:
+            E, nu = self.youngs_modulus, self.poisson_ratio
+            return E * (1 - nu) / ((1 + nu) * (1 - 2 * nu))
+        return self.lam + 2 * self.mu
 
 
 @dataclass
@@ -143,27 +183,33 @@ class OptimizationConfig:
 
     def validate(self) -> None:
         o = "optimization"
-        require(self.num_animations >= 1, f"{o}.num_animations", "must be ≥ 1")
-        require(self.num_timesteps >= 1, f"{o}.num_timesteps", "must be ≥ 1")
+        require(self.num_animations >= 1, f"{o}.num_animations", f"must be ≥ 1, got {self.num_animations}")
+        require(self.num_timesteps >= 1, f"{o}.num_timesteps", f"must be ≥ 1, got {self.num_timesteps}")
         require(self.release_steps >= 0, f"{o}.release_steps", f"must be ≥ 0, got {self.release_steps}")
-        require(self.control_stride >= 1, f"{o}.control_stride", "must be ≥ 1")
+        require(self.control_stride >= 1, f"{o}.control_stride", f"must be ≥ 1, got {self.control_stride}")
         require(
             self.num_timesteps >= self.control_stride,
             f"{o}.num_timesteps",
             f"({self.num_timesteps}) must be at least control_stride ({self.control_stride}); "
             "lower control_stride or raise num_timesteps",
         )
-        require(self.max_gd_iters >= 1, f"{o}.max_gd_iters", "must be ≥ 1")
-        require(self.max_ls_iters >= 1, f"{o}.max_ls_iters", "must be ≥ 1")
-        require(self.initial_alpha > 0, f"{o}.initial_alpha", "must be positive")
-        require(self.gd_tol >= 0, f"{o}.gd_tol", "must be ≥ 0")
-        require(self.passes >= 1, f"{o}.passes", "must be ≥ 1")
-        require(self.iterations >= 1, f"{o}.iterations", "must be ≥ 1")
-        require(self.learning_rate > 0, f"{o}.learning_rate", "must be positive")
-        require(0 < self.final_learning_rate_ratio <= 1, f"{o}.final_learning_rate_ratio", "must be in (0, 1]")
-        require(self.patience >= 1, f"{o}.patience", "must be ≥ 1")
-        require(self.arrival_speed_weight >= 0, f"{o}.arrival_speed_weight", "must be ≥ 0")
-        require(self.chamfer_weight >= 0, f"{o}.chamfer_weight", "must be ≥ 0")
+        require(self.max_gd_iters >= 1, f"{o}.max_gd_iters", f"must be ≥ 1, got {self.max_gd_iters}")
+        require(self.max_ls_iters >= 1, f"{o}.max_ls_iters", f"must be ≥ 1, got {self.max_ls_iters}")
+        require(self.initial_alpha > 0, f"{o}.initial_alpha", f"must be positive, got {self.initial_alpha}")
+        require(self.gd_tol >= 0, f"{o}.gd_tol", f"must be ≥ 0, got {self.gd_tol}")
+        require(self.passes >= 1, f"{o}.passes", f"must be ≥ 1, got {self.passes}")
+        require(self.iterations >= 1, f"{o}.iterations", f"must be ≥ 1, got {self.iterations}")
+        require(self.learning_rate > 0, f"{o}.learning_rate", f"must be positive, got {self.learning_rate}")
+        require(
+            0 < self.final_learning_rate_ratio <= 1,
+            f"{o}.final_learning_rate_ratio",
+            f"must be in (0, 1], got {self.final_learning_rate_ratio}",
+        )
+        require(self.patience >= 1, f"{o}.patience", f"must be ≥ 1, got {self.patience}")
+        require(
+            self.arrival_speed_weight >= 0, f"{o}.arrival_speed_weight", f"must be ≥ 0, got {self.arrival_speed_weight}"
+        )
+        require(self.chamfer_weight >= 0, f"{o}.chamfer_weight", f"must be ≥ 0, got {self.chamfer_weight}")
 
 
 @dataclass
@@ -187,11 +233,30 @@ class E2EConfig:
     video_size: int = 320  # pixels of the orbit-camera morph video
 
     def validate(self) -> None:
-        require(self.num_train_views >= 1 or self.target_images, "e2e.num_train_views", "must be ≥ 1")
-        require(self.num_heldout_views >= 0, "e2e.num_heldout_views", "must be ≥ 0")
-        require(self.width >= 8 and self.height >= 8, "e2e.width", "and e2e.height must be at least 8 pixels")
+        require(
+            self.num_train_views >= 1 or self.target_images,
+            "e2e.num_train_views",
+            f"must be ≥ 1, got {self.num_train_views}",
+        )
+        require(self.num_heldout_views >= 0, "e2e.num_heldout_views", f"must be ≥ 0, got {self.num_heldout_views}")
+        require(
+            self.width >= 8 and self.height >= 8,
+            "e2e.width",
+            f"and e2e.height must be at least 8 pixels, got {self.width}x{self.height}",
+        )
+        require(
+            max(self.width, self.height, self.video_size) <= MAX_IMAGE_SIDE,
+            "e2e.width",
+            f"x height ({self.width}x{self.height}) and video_size ({self.video_size}) must stay within "
+            f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels",
+        )
+        require(self.video_size >= 8, "e2e.video_size", f"must be at least 8 pixels, got {self.video_size}")
         require(0 < self.fov_deg < 170, "e2e.fov_deg", f"must be in (0, 170), got {self.fov_deg}")
-        require(self.orbit_radius is None or self.orbit_radius > 0, "e2e.orbit_radius", "must be positive")
+        require(
+            self.orbit_radius is None or self.orbit_radius > 0,
+            "e2e.orbit_radius",
+            f"must be positive, got {self.orbit_radius}",
+        )
         require(0 < self.opacity <= 1, "e2e.opacity", f"must be in (0, 1], got {self.opacity}")
         require(bool(self.supervised_steps), "e2e.supervised_steps", "must list at least one step")
 
@@ -220,16 +285,31 @@ class MorphConfig:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file; ConfigError when it is missing, invalid or not a mapping."""
+    """The mapping in a YAML config file; ConfigError when it is missing, a folder, not UTF-8,
+    invalid, empty or not a mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config path '{path}' is a folder, not a file; pass the path of a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file '{path}' is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"config file '{path}' cannot be read ({error.strerror}); check its permissions") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
     if data is None:
-        return {}
+        raise ConfigError(
+            f"config file '{path}' holds no settings (it is empty or only comments); add settings, or run "
+            "without a config for the built-in demo"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}")
     return data
@@ -255,19 +335,21 @@ def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> M
         if section in data:
             data.pop(section)
             unused.append(section)
-    optimization = dict(data.pop("optimization", None) or {})
-    loss = render_loss_config_from_mapping(optimization.pop("loss", None))
-    sampling = dict(data.pop("sampling", None) or {})
-    surface, surface_unused = surface_config_from_mapping(sampling.pop("runtime_surface", None))
+    optimization = _section(data, "optimization")
+    loss = render_loss_config_from_mapping(_section(optimization, "loss", "optimization.loss"))
+    sampling = _section(data, "sampling")
+    surface, surface_unused = surface_config_from_mapping(
+        _section(sampling, "runtime_surface", "sampling.runtime_surface")
+    )
     unused += surface_unused
     if sampling:
         raise ConfigError(f"unknown config key 'sampling.{sorted(sampling)[0]}'; known: sampling.runtime_surface")
+    unused += _unused_settings(data)
+    defaults = MorphConfig()
     config = MorphConfig(
-        source=from_mapping(
-            ShapeConfig, data.pop("source", None) or {"shape": "sphere", "params": {"radius": 6.0}}, "source"
-        ),
-        target=from_mapping(ShapeConfig, data.pop("target", None) or {"shape": "dumbbell"}, "target"),
-        output_dir=str(data.pop("output_dir", "outputs/morph")),
+        source=_shape(data, "source", defaults.source),
+        target=_shape(data, "target", defaults.target),
+        output_dir=_output_dir(data.pop("output_dir", defaults.output_dir)),
         simulation=from_mapping(SimulationConfig, data.pop("simulation", None), "simulation"),
         optimization=from_mapping(OptimizationConfig, optimization, "optimization"),
         mode=_mode(data.pop("mode", "physics")),
@@ -287,11 +369,68 @@ def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> M
         raise ConfigError(f"unknown config key '{sorted(data)[0]}'; known top-level keys: {known}")
     if unused:
         warnings.warn(
-            "physmorph does not need these reference config keys: " + ", ".join(unused),
+            "physmorph accepts these config keys but does not use them: " + ", ".join(unused),
             UnusedKeysWarning,
             stacklevel=2,
         )
     return config
+
+
+def _section(data: dict[str, Any], key: str, where: str | None = None) -> dict[str, Any]:
+    """Pop section `key` of `data` as a new dict: {} when absent or null, ConfigError when it is
+    not a mapping (a list, a number or a string where settings belong)."""
+    value = data.pop(key, None)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        name = where or key
+        raise ConfigError(
+            f"config section '{name}' must be a mapping of 'key: value' settings, got {type(value).__name__} "
+            f"{value!r:.60}; write it as '{key}: {{key: value, ...}}'"
+        )
+    return dict(value)
+
+
+def _shape(data: dict[str, Any], key: str, default: ShapeConfig) -> ShapeConfig:
+    """The `source` or `target` section; absent means the default shape, but an empty or null
+    section is an error rather than a silent default."""
+    if key not in data:
+        return default
+    value = data.pop(key)
+    if value is None or value == {}:
+        raise ConfigError(
+            f"config section '{key}' is empty; give a mesh ({key}: {{mesh: path.obj}}) or a shape "
+            f"({key}: {{shape: sphere, params: {{radius: 5}}}}), or leave the section out for the default"
+        )
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"config section '{key}' must be a mapping such as {{shape: sphere}} or {{mesh: path.obj}}, got "
+            f"{type(value).__name__} {value!r:.60}"
+        )
+    return from_mapping(ShapeConfig, value, key)
+
+
+def _output_dir(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"config key 'output_dir' must be a folder path, got {value!r:.60}")
+    return value
+
+
+# Settings that validate but change nothing yet: the single reference camera (physmorph renders
+# orbit cameras, see the e2e section), which frames to render and the light type (always directional).
+UNUSED_SETTINGS = ("camera", "render.num_frames", "render.schedule", "render.lighting.type")
+
+
+def _unused_settings(data: dict[str, Any]) -> list[str]:
+    """The keys of UNUSED_SETTINGS that `data` sets."""
+    found = []
+    for dotted in UNUSED_SETTINGS:
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found.append(dotted)
+    return found
 
 
 def _mode(value: Any) -> Literal["physics", "e2e"]:

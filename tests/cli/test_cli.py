@@ -204,3 +204,50 @@ def test_image_only_target_folder_drives_an_e2e_morph(tmp_path):
     path.write_text(yaml.safe_dump(config))
     refused = CliRunner().invoke(app, ["morph", str(path), "--out", str(tmp_path / "bad")])
     assert refused.exit_code == 2 and "w_phys: 0" in refused.output
+
+
+def test_divergence_inside_an_episode_is_reported_and_the_best_iterate_kept(tmp_path):
+    # a learning rate this large makes every step after the first evaluation blow the body apart
+    config = {**TINY, "optimization": {**TINY["optimization"], "num_animations": 1, "learning_rate": 1e4}}
+    path = tmp_path / "wild.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["morph", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "warning: episode 0, iteration 1: simulation diverged at step" in result.output
+    assert "diverged evaluations" in result.output
+    record = json.loads((out / "summary.json").read_text())["episodes"][0]
+    assert record["divergences"][0]["iteration"] == 1 and "particles" in record["divergences"][0]["reason"]
+    assert record["loss_history"][1] is None and record["loss_history"][0] is not None
+    # the episode keeps the best finite iterate: here the zero controls
+    assert record["mass_loss_after"] == pytest.approx(record["mass_loss_before"])
+
+
+def test_morph_and_simulate_write_one_trajectory_format(tiny_config, tmp_path):
+    from physmorph.io.run_folder import read_trajectory
+
+    morphed = CliRunner().invoke(app, ["morph", str(tiny_config), "--out", str(tmp_path / "m"), "--episodes", "1"])
+    assert morphed.exit_code == 0, morphed.output
+    morph = read_trajectory(tmp_path / "m" / "ep000" / "trajectory.npz")
+    assert len(morph["controls"]) >= 1 and morph["controls"].shape[1:] == (morph["x"].shape[1], 3, 3)
+    assert morph["v"].shape == morph["x"].shape
+    simulation = {"source": TINY["source"], "simulation": TINY["simulation"], "num_steps": 2, "device": "cpu"}
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump(simulation))
+    assert CliRunner().invoke(app, ["simulate", str(path), "--out", str(tmp_path / "s")]).exit_code == 0
+    simulated = read_trajectory(tmp_path / "s" / "trajectory.npz")
+    assert simulated["controls"].shape == (0, simulated["x"].shape[1], 3, 3) and simulated["dt"] == morph["dt"]
+
+
+def test_an_unexpected_error_is_one_line_that_points_to_debug(capsys):
+    import typer
+
+    from physmorph.cli import _user_facing
+
+    with pytest.raises(typer.Exit) as stopped, _user_facing(debug=False):
+        {}["missing"]
+    assert stopped.value.exit_code == 1
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "unexpected KeyError" in message and "--debug" in message
+    with pytest.raises(KeyError), _user_facing(debug=True):
+        {}["missing"]

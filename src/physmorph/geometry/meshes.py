@@ -20,6 +20,8 @@ SUPPORTED_SUFFIXES = (".obj", ".ply", ".stl", ".off")
 # implicitly by the generalised winding number during the fill (bunny.obj: 1.8%); larger holes
 # make "inside" ill-defined (a hemisphere: 50%) and are an error unless allowed.
 MAX_HOLE_FRACTION = 0.05
+# A mesh thinner than this fraction of its longest side along some axis is flat: no volume to fill.
+FLAT_EXTENT = 1e-6
 
 
 class MeshError(InputError):
@@ -121,10 +123,11 @@ def load_mesh(path: str | Path, *, allow_open: bool = False) -> trimesh.Trimesh:
             f"{', '.join(SUPPORTED_SUFFIXES)} (for instance by exporting from Blender)"
         )
     try:
-        mesh = trimesh.load(path, force="mesh", process=True, skip_materials=True)
+        # unprocessed first: processing would silently drop non-finite vertices and open the mesh
+        mesh = trimesh.load(path, force="mesh", process=False, skip_materials=True)
     except Exception as error:
         raise MeshError(
-            f"could not read mesh file '{path}' ({type(error).__name__}: {error}); check that it "
+            f"could not read mesh file '{path}' ({type(error).__name__}: {_one_line(error)}); check that it "
             f"is a valid {suffix} file, e.g. by opening it in Blender or MeshLab"
         ) from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
@@ -133,7 +136,19 @@ def load_mesh(path: str | Path, *, allow_open: bool = False) -> trimesh.Trimesh:
             "(points or lines alone cannot be filled with material)"
         )
     if not np.isfinite(mesh.vertices).all():
-        raise MeshError(f"mesh file '{path}' has non-finite vertex coordinates; repair the file")
+        bad = int((~np.isfinite(mesh.vertices).all(axis=1)).sum())
+        raise MeshError(
+            f"mesh file '{path}' has {bad} vertices with non-finite coordinates (NaN or inf); repair the file"
+        )
+    extents = mesh.vertices.max(axis=0) - mesh.vertices.min(axis=0)
+    if not extents.min() > FLAT_EXTENT * extents.max():
+        raise MeshError(
+            f"mesh file '{path}' is flat or degenerate (extent {_fmt(extents)} in file units), so it encloses "
+            "no volume; export a closed surface around a solid"
+        )
+    # degenerate triangles make trimesh divide by zero in its face normals (it marks them itself)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mesh.process(validate=False)
     mesh.merge_vertices(merge_tex=True, merge_norm=True)
     _orient_outward(mesh)
     _check_closed(mesh, path.name, allow_open)
@@ -219,6 +234,10 @@ def fit_to_box(
     fitted = mesh.copy()
     fitted.apply_scale(factor)
     return recenter(fitted, (low + high) / 2)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def _fmt(values: Sequence[float]) -> str:

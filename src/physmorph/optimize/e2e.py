@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -11,7 +10,7 @@ from typing import Literal
 import torch
 
 from physmorph.config import OptimizationConfig
-from physmorph.errors import ConfigError, InputError, SimulationDiverged
+from physmorph.errors import ConfigError, InputError
 from physmorph.io.targets import TargetImages
 from physmorph.losses.render_losses import (
     RenderLossConfig,
@@ -30,10 +29,10 @@ from physmorph.losses.render_losses import (
     silhouette_iou,
     silhouette_loss,
 )
-from physmorph.losses.schedules import training_progress
 from physmorph.mpm import Material, Trajectory
+from physmorph.optimize.adam import Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.balance import balanced_objective, balanced_surrogate
-from physmorph.optimize.episode import EpisodeProblem, Progress
+from physmorph.optimize.episode import EpisodeProblem
 from physmorph.render import Cameras, Images, RenderConfig, render
 from physmorph.render.renderer import Backend
 from physmorph.surface import (
@@ -267,6 +266,7 @@ class E2EResult:
              initial material; the best of them chose the result
     terms:   unweighted loss terms per iteration ('phys' and the render terms)
     metrics: per supervised step, per-view 'iou' (and 'psnr' when targets have colour) of the result
+    divergences: evaluations that gave no finite objective
     """
 
     controls: torch.Tensor
@@ -275,6 +275,7 @@ class E2EResult:
     losses: list[float] = field(default_factory=list)
     terms: list[dict[str, float]] = field(default_factory=list)
     metrics: list[dict[str, list[float]]] = field(default_factory=list)
+    divergences: list[Divergence] = field(default_factory=list)
 
     @property
     def loss_before(self) -> float:
@@ -368,10 +369,10 @@ def optimize_e2e(
     binding: surface bound to `problem.initial`'s particles. targets: one TargetImages for all
     `supervised_steps` (trajectory indices, −1 = last) or one per step. material: 'lame' also
     optimises log λ, log μ; 'youngs' log E and ν (kept in (−1, 0.5)); their learning rate is
-    `material_learning_rate` (log units). Learning rates follow optimize_adam's cosine decay;
-    early stop after `settings.patience` iterations without improvement; the best iterate is
-    kept. With losses.enabled false or all render weights 0 this is physics-only; w_phys = 0
-    is render-only.
+    `material_learning_rate` (log units). The loop is physmorph.optimize.adam's (cosine decay,
+    early stop after `settings.patience` iterations without improvement, halved steps after a
+    diverged rollout); the best iterate is kept. With losses.enabled false or all render
+    weights 0 this is physics-only; w_phys = 0 is render-only.
     """
     if losses.w_phys == 0 and not any(losses.weights(1.0).values()):
         raise ConfigError(
@@ -391,70 +392,32 @@ def optimize_e2e(
     base_material = problem.model.material
     controls = problem.zero_controls().requires_grad_()
     material_parameters = [] if material == "none" else _material_parameters(base_material, material, controls)
-    groups = [{"params": [controls], "lr": settings.learning_rate, "base_lr": settings.learning_rate}]
+    groups = [ParameterGroup([controls], settings.learning_rate)]
     if material_parameters:
-        groups.append(
-            {
-                "params": material_parameters,
-                "lr": material_learning_rate,
-                "base_lr": material_learning_rate,
-            }
-        )
-    optimizer = torch.optim.Adam(groups)
-
-    def snapshot() -> list[torch.Tensor]:
-        return [controls.detach().clone(), *(p.detach().clone() for p in material_parameters)]
-
-    best_loss, best, since_best = math.inf, snapshot(), 0
-    history: list[float] = []
+        groups.append(ParameterGroup(material_parameters, material_learning_rate))
     term_history: list[dict[str, float]] = []
     start: tuple[float, float] | None = None  # objective parts at the episode's start
-    for iteration in range(settings.iterations + 1):
-        fraction = training_progress(iteration, settings.iterations)
-        try:
-            evaluation = e2e_loss(
-                problem,
-                objective,
-                controls,
-                _material(base_material, material, material_parameters),
-                fraction,
-                [controls, *material_parameters],
-            )
-            value = evaluation.objective.item()
-            if losses.render_gradient_ratio is not None and losses.w_phys > 0 and any(losses.weights(1.0).values()):
-                start = start or evaluation.parts
-                value = balanced_objective(*evaluation.parts, start, losses.render_gradient_ratio)
-            term_history.append({name: float(term.detach()) for name, term in evaluation.terms.items()})
-        except SimulationDiverged:
-            value = math.inf
-            term_history.append({})
-        history.append(value)
-        if progress is not None:
-            progress(value)
-        if value < best_loss:
-            best_loss, best, since_best = value, snapshot(), 0
-        else:
-            since_best += 1
-            if not math.isfinite(value):
-                # step back to the best iterate with smaller steps
-                with torch.no_grad():
-                    for parameter, saved in zip([controls, *material_parameters], best):
-                        parameter.copy_(saved)
-                for group in optimizer.param_groups:
-                    group["base_lr"] *= 0.5
-                    group["lr"] *= 0.5
-                continue
-        if iteration == settings.iterations or since_best >= settings.patience:
-            break
-        decay = training_progress(iteration, settings.iterations)
-        cosine = 0.5 * (1 + math.cos(math.pi * decay))
-        ratio = settings.final_learning_rate_ratio
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * (ratio + (1 - ratio) * cosine)
-        if evaluation.loss.requires_grad:  # false when no weighted term applies (no depth target)
-            optimizer.zero_grad(set_to_none=True)
-            evaluation.loss.backward()
-            optimizer.step()
+
+    def evaluate(iteration: int, fraction: float) -> tuple[torch.Tensor, float]:
+        nonlocal start
+        term_history.append({})  # stays empty when the rollout diverges
+        evaluation = e2e_loss(
+            problem,
+            objective,
+            controls,
+            _material(base_material, material, material_parameters),
+            fraction,
+            [controls, *material_parameters],
+        )
+        value = evaluation.objective.item()
+        if losses.render_gradient_ratio is not None and losses.w_phys > 0 and any(losses.weights(1.0).values()):
+            start = start or evaluation.parts
+            value = balanced_objective(*evaluation.parts, start, losses.render_gradient_ratio)
+        term_history[-1] = {name: float(term.detach()) for name, term in evaluation.terms.items()}
+        return evaluation.loss, value
+
+    outcome = adam_descent(groups, evaluate, settings, progress)
+    best, history = outcome.best, outcome.losses
 
     best_controls, best_material = best[0], _material(base_material, material, best[1:])
     with torch.no_grad():
@@ -467,4 +430,6 @@ def optimize_e2e(
             base_material.density,
             base_material.model,
         )
-    return E2EResult(best_controls, best_material, final.trajectory, history, term_history, metrics)
+    return E2EResult(
+        best_controls, best_material, final.trajectory, history, term_history, metrics, outcome.divergences
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -12,9 +11,8 @@ from physmorph.config import OptimizationConfig
 from physmorph.errors import SimulationDiverged
 from physmorph.losses import chamfer_distance, mass_loss
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
+from physmorph.optimize.adam import Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.setup import MorphSetup
-
-Progress = Callable[[float], None]
 
 # Reference optimiser constants (SPEC §5).
 ADAM_BETAS = (0.9, 0.999)
@@ -114,11 +112,13 @@ class EpisodeProblem:
 
 @dataclass
 class EpisodeResult:
-    """Optimised controls [K, N, 3, 3], their trajectory and the loss history (first = no control)."""
+    """Optimised controls [K, N, 3, 3], their trajectory, the loss history (first = no control) and
+    the evaluations that diverged."""
 
     controls: torch.Tensor
     trajectory: Trajectory
     losses: list[float] = field(default_factory=list)
+    divergences: list[Divergence] = field(default_factory=list)  # evaluations that gave no finite loss
 
     @property
     def loss_before(self) -> float:
@@ -132,47 +132,20 @@ class EpisodeResult:
 def optimize_adam(
     problem: EpisodeProblem, settings: OptimizationConfig, progress: Progress | None = None
 ) -> EpisodeResult:
-    """All controls of the episode at once: Adam on the exact gradient, cosine learning-rate decay,
-    early stop after `patience` iterations without improvement; keeps the best controls seen."""
+    """All controls of the episode at once: the Adam loop of physmorph.optimize.adam (cosine
+    learning-rate decay, early stop after `patience` iterations without improvement, step halved
+    after a diverged rollout) on the exact gradient; keeps the best controls seen."""
     controls = problem.zero_controls().requires_grad_()
-    optimizer = torch.optim.Adam([controls], lr=settings.learning_rate)
-    best_loss, best_controls, since_best = math.inf, controls.detach().clone(), 0
-    losses: list[float] = []
-    for iteration in range(settings.iterations + 1):
-        try:
-            loss = problem.loss(problem.rollout(controls))
-            value = loss.item()
-        except SimulationDiverged:
-            value = math.inf
-        losses.append(value)
-        if progress is not None:
-            progress(value)
-        if value < best_loss:
-            best_loss, best_controls, since_best = value, controls.detach().clone(), 0
-        else:
-            since_best += 1
-            if not math.isfinite(value):
-                # step back to the best controls with a smaller step
-                with torch.no_grad():
-                    controls.copy_(best_controls)
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.5
-                continue
-        if iteration == settings.iterations or since_best >= settings.patience:
-            break
-        progress_ratio = iteration / max(settings.iterations - 1, 1)
-        cosine = 0.5 * (1 + math.cos(math.pi * progress_ratio))
-        lr = settings.learning_rate * (
-            settings.final_learning_rate_ratio + (1 - settings.final_learning_rate_ratio) * cosine
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = min(lr, group["lr"]) if not math.isfinite(value) else lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+
+    def evaluate(iteration: int, fraction: float) -> tuple[torch.Tensor, float]:
+        loss = problem.loss(problem.rollout(controls))
+        return loss, loss.item()
+
+    outcome = adam_descent([ParameterGroup([controls], settings.learning_rate)], evaluate, settings, progress)
+    (best_controls,) = outcome.best
     with torch.no_grad():
         trajectory = problem.rollout(best_controls)
-    return EpisodeResult(best_controls, trajectory, losses)
+    return EpisodeResult(best_controls, trajectory, outcome.losses, outcome.divergences)
 
 
 class _ReferenceAdam:
@@ -230,6 +203,7 @@ def optimize_reference(
     if progress is not None:
         progress(losses[-1])
     alpha = settings.initial_alpha
+    divergences: list[Divergence] = []
     for _ in range(settings.passes):
         for k, t in enumerate(steps):
             state_t = trajectory.state(t)
@@ -254,8 +228,9 @@ def optimize_reference(
                         try:
                             candidate_trajectory = problem.rollout(trial, t, state_t)
                             value = problem.loss(candidate_trajectory).item()
-                        except SimulationDiverged:
+                        except SimulationDiverged as error:
                             value = math.inf
+                            divergences.append(Divergence(len(losses), str(error)))
                     if math.isfinite(value) and value < current:
                         controls = trial
                         trajectory = trajectory.then(candidate_trajectory, t)
@@ -269,4 +244,4 @@ def optimize_reference(
                     alpha *= 0.5
                 if not accepted:
                     break
-    return EpisodeResult(controls, trajectory, losses)
+    return EpisodeResult(controls, trajectory, losses, divergences)

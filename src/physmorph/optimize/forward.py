@@ -11,13 +11,14 @@ import torch
 from tqdm import tqdm
 
 from physmorph.config import SimulationConfig, read_yaml
-from physmorph.geometry.config import ShapeConfig, build_shape
+from physmorph.geometry.config import ShapeConfig
 from physmorph.geometry.fill import fill_mesh
-from physmorph.io.atomic import atomic_path
 from physmorph.io.figures import write_snapshots
 from physmorph.io.ply import write_points_ply
+from physmorph.io.run_folder import TRAJECTORY_FILE, prepare_output_folder, write_trajectory
 from physmorph.mpm import State, simulate
-from physmorph.optimize.setup import make_material, make_model, resolve_device
+from physmorph.optimize.memory import check_fits, rollout_bytes
+from physmorph.optimize.setup import build_body, make_material, make_model, resolve_device
 from physmorph.settings import from_mapping, require
 
 Matrix = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
@@ -49,12 +50,21 @@ def load_simulate_config(path: str | Path) -> SimulateConfig:
 
 
 def run_simulation(config: SimulateConfig, out_dir: str | Path, progress: bool = True) -> list[Path]:
-    """Simulate `config` and write trajectory.npz (x, v, F per step), final.ply and previews."""
-    out = Path(out_dir)
+    """Simulate `config` and write trajectory.npz (io.run_folder.TRAJECTORY_KEYS), final.ply
+    and previews; the output folder and the memory estimate are checked before the body is filled."""
+    out = prepare_output_folder(out_dir)
     device = resolve_device(config.device)
     sim = config.simulation
+    mesh = build_body(config.source, config.base_dir, "source")
+    estimate = rollout_bytes([mesh], sim, config.num_steps, 4, gradient=False)
+    check_fits(
+        estimate,
+        "this simulation",
+        device,
+        "lower simulation.points_per_cell_cuberoot or num_steps, or shrink the shape or the grid",
+    )
     points = fill_mesh(
-        build_shape(config.source, config.base_dir),
+        mesh,
         dx=sim.grid_dx,
         points_per_cell_cuberoot=sim.points_per_cell_cuberoot,
         density=sim.density,
@@ -66,26 +76,29 @@ def run_simulation(config: SimulateConfig, out_dir: str | Path, progress: bool =
     model = make_model(sim, points, make_material(sim, points.positions.dtype, device))
     state = State.at_rest(points.positions)
     state.velocities = state.velocities + torch.tensor(config.initial_velocity, device=device)
-    controls = None
+    controls = torch.zeros(0, points.count, 3, 3, device=device)
     if config.deformation_control is not None:
         # one control, at step 0: a stride of num_steps leaves no other control step
         control = torch.tensor(config.deformation_control, dtype=points.positions.dtype, device=device)
         controls = control.expand(1, points.count, 3, 3)
     with torch.no_grad(), tqdm(total=config.num_steps, desc="simulate", unit="step", disable=not progress) as bar:
         trajectory = simulate(
-            state, model, config.num_steps, controls, control_stride=config.num_steps, on_step=lambda _: bar.update(1)
+            state,
+            model,
+            config.num_steps,
+            controls if len(controls) else None,
+            control_stride=config.num_steps,
+            on_step=lambda _: bar.update(1),
         )
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    with atomic_path(out / "trajectory.npz") as temporary:
-        np.savez_compressed(
-            temporary,
-            x=trajectory.positions.cpu().float().numpy(),
-            v=trajectory.velocities.cpu().float().numpy(),
-            F=trajectory.deformation_gradients.cpu().float().numpy(),
-            dt=np.float64(sim.dt),
-        )
-    written.append(out / "trajectory.npz")
+    arrays = {
+        "x": trajectory.positions.cpu().numpy(),
+        "v": trajectory.velocities.cpu().numpy(),
+        "F": trajectory.deformation_gradients.cpu().numpy(),
+        "plastic_strain": trajectory.plastic_strain.cpu().numpy(),
+        "controls": controls.cpu().numpy(),
+        "dt": sim.dt,
+    }
+    written = [write_trajectory(out / TRAJECTORY_FILE, arrays)]
     written.append(write_points_ply(out / "final.ply", trajectory.final.positions))
     positions = trajectory.positions
     chosen = np.linspace(0, config.num_steps, config.num_previews).round().astype(int)

@@ -6,8 +6,8 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,20 @@ import physmorph
 from physmorph.config import MorphConfig, config_to_mapping
 from physmorph.errors import InputError
 from physmorph.geometry.config import build_shape
-from physmorph.io.atomic import atomic_path
 from physmorph.io.figures import labelled_panels, particle_frames, write_comparison, write_loss_curves
 from physmorph.io.ply import write_points_ply
+from physmorph.io.run_folder import (
+    STATE_FIELDS,
+    STATE_FILE,
+    TRAJECTORY_FILE,
+    RunPaths,
+    prepare_output_folder,
+    read_arrays,
+    read_summary,
+    read_trajectory,
+    write_json,
+    write_trajectory,
+)
 from physmorph.io.video import write_video
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import State
@@ -35,36 +46,13 @@ from physmorph.optimize.views import render_frames, render_settings, turntable
 from physmorph.render import raycast_mesh
 from physmorph.surface import bind_surface
 
-SUMMARY = "summary.json"
-STATE_FIELDS = ("positions", "velocities", "deformation_gradients", "affine_velocities", "plastic_strain")
+# keys that may change between a run and its --resume: more episodes, another output folder,
+# another device (results then agree to round-off, not bit for bit)
+RESUMABLE_CHANGES = ("optimization.num_animations", "optimization.device", "output_dir")
 
 
-@dataclass
-class RunPaths:
-    """Where a run's files go."""
-
-    root: Path
-
-    def episode(self, index: int) -> Path:
-        return self.root / f"ep{index:03d}"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / SUMMARY
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2))
-
-
-def load_summary(paths: RunPaths) -> dict[str, Any] | None:
-    if not paths.summary.is_file():
-        return None
-    try:
-        return json.loads(paths.summary.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"'{paths.summary}' is not valid JSON ({error}); delete it to start the run again") from None
+class DivergenceWarning(UserWarning):
+    """An evaluation inside an episode diverged; the optimiser stepped back and went on."""
 
 
 def save_episode(
@@ -81,18 +69,21 @@ def save_episode(
     partial.mkdir(parents=True)
     trajectory = result.trajectory
     final = trajectory.final
-    np.savez_compressed(
-        partial / "trajectory.npz",
-        x=trajectory.positions.detach().cpu().float().numpy(),
-        F=trajectory.deformation_gradients.detach().cpu().float().numpy(),
-        plastic_strain=trajectory.plastic_strain.detach().cpu().float().numpy(),
-        controls=result.controls.detach().cpu().float().numpy(),
-    )
+
+    def host(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.detach().cpu().numpy()
+
+    arrays = {
+        "x": host(trajectory.positions),
+        "v": host(trajectory.velocities),
+        "F": host(trajectory.deformation_gradients),
+        "plastic_strain": host(trajectory.plastic_strain),
+        "controls": host(result.controls),
+        "dt": setup.model.dt,
+    }
+    write_trajectory(partial / TRAJECTORY_FILE, arrays)
     # the exact final state (own dtype) lets --resume continue bit for bit
-    np.savez(
-        partial / "state.npz",
-        **{name: getattr(final, name).detach().cpu().numpy() for name in STATE_FIELDS},
-    )
+    np.savez(partial / STATE_FILE, **{name: host(getattr(final, name)) for name in STATE_FIELDS})
     write_points_ply(partial / "final.ply", final.positions)
     write_comparison(partial / "comparison.png", initial.positions, final.positions, setup.target_points, title)
     if extras is not None:
@@ -102,10 +93,31 @@ def save_episode(
     partial.rename(folder)
 
 
-def load_state(folder: Path, device: torch.device) -> State:
-    data = np.load(folder / "state.npz")
+def load_state(path: Path, device: torch.device, num_particles: int) -> State:
+    """The final state an episode saved, checked to be finite and of `num_particles` particles."""
     # runs written before plasticity existed have no plastic strain: they never flowed
+    data = read_arrays(path, STATE_FIELDS, optional=("plastic_strain",))
+    for name, array in data.items():
+        if array.shape[:1] != (num_particles,) or not np.isfinite(array).all():
+            raise InputError(
+                f"'{path}' holds {name} of shape {array.shape} with non-finite values or not "
+                f"{num_particles} particles; it is damaged: delete its episode folder and summary record"
+            )
     return State(*(torch.from_numpy(data[name]).to(device) for name in STATE_FIELDS if name in data))
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config mappings (as JSON stores them)."""
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    keys: list[str] = []
+    for key in sorted(set(old) | set(new), key=str):
+        where = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_differences(a, b, f"{where}.")
+        elif a != b:
+            keys.append(where)
+    return keys
 
 
 def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -120,10 +132,21 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         check_e2e_config(config)
     device = resolve_device(settings.device)
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
+    prepare_output_folder(paths.root)
+    summary = None
+    if resume and paths.summary.exists():
+        summary = read_summary(paths)
+        changed = [
+            key for key in config_differences(summary["config"], config_to_mapping(config))
+            if key not in RESUMABLE_CHANGES
+        ]
+        if changed:
+            raise InputError(
+                f"cannot resume '{paths.root}' with a different config: {', '.join(changed)} differ from the "
+                "run's; resume with its config or use another --out folder"
+            )
     setup = build_setup(config, device, dtype)
-    summary = load_summary(paths) if resume else None
     if summary is None:
-        paths.root.mkdir(parents=True, exist_ok=True)
         summary = {
             "physmorph_version": physmorph.__version__,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -143,7 +166,8 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                 f"cannot resume '{paths.root}': it holds a run with {summary.get('num_particles')} particles, "
                 f"this config gives {setup.initial.num_particles}; use another --out folder"
             )
-        state = load_state(paths.episode(done[-1]["episode"]), device) if done else setup.initial
+        state = load_state(paths.state(len(done) - 1), device, setup.initial.num_particles) if done else setup.initial
+        summary["config"] = config_to_mapping(config)
     optimizer = optimize_adam if settings.optimizer == "adam" else optimize_reference
     mesh_views = MeshViews.build(config, setup)
     context = E2EContext.build(config, setup, mesh_views) if config.mode == "e2e" else None
@@ -166,18 +190,29 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
 
         start = time.perf_counter()
         extras, additions = None, {}
-        if context is None:
-            result = optimizer(problem, settings, report)
-        else:
-            result, additions, extras = run_e2e_episode(problem, context, config, report)
+        try:
+            if context is None:
+                result = optimizer(problem, settings, report)
+            else:
+                result, additions, extras = run_e2e_episode(problem, context, config, report)
+        finally:
+            bar.close()  # ends the bar's line, so that an error message starts on its own
         seconds = time.perf_counter() - start
-        bar.close()
         record = {"episode": episode, "optimizer": "e2e" if context else settings.optimizer}
         record.update(episode_metrics(problem, result, setup))
         history = [value if math.isfinite(value) else None for value in result.losses]
         record.update({"seconds": seconds, "loss_history": history, **additions})
         if mesh_views is not None:
             record["mesh_iou"] = mesh_views.iou(result.trajectory.final, visual_binding, render_settings(config))
+        record["divergences"] = [divergence.as_record() for divergence in result.divergences]
+        for divergence in result.divergences:
+            warnings.warn(
+                f"episode {episode}, iteration {divergence.iteration}: {divergence.reason}; the optimiser stepped "
+                "back to its best controls and halved the learning rate (lower optimization.learning_rate "
+                "if this repeats)",
+                DivergenceWarning,
+                stacklevel=2,
+            )
         before, after = record["chamfer_before"], record["chamfer_after"]
         title = f"episode {episode}" + (f": Chamfer {before:.3f} → {after:.3f}" if before is not None else "")
         save_episode(paths.episode(episode), result, setup, setup.initial, title, extras)
@@ -228,7 +263,7 @@ def write_run_media(paths: RunPaths, summary: dict[str, Any], setup: MorphSetup,
     camera, and for physics runs also particles.mp4, the particles beside the target's."""
     episodes = summary["episodes"]
     write_loss_curves(paths.root / "loss.png", episodes)
-    trajectories = [np.load(paths.episode(record["episode"]) / "trajectory.npz") for record in episodes]
+    trajectories = [read_trajectory(paths.trajectory(record["episode"])) for record in episodes]
     captions = []
     for record, trajectory in zip(episodes, trajectories):
         first = 0 if not captions else 1  # each episode starts where the previous one ended

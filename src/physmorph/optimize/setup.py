@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import trimesh
 
 from physmorph.config import MorphConfig, PlasticityConfig, SimulationConfig
-from physmorph.errors import ConfigError
-from physmorph.geometry.config import build_shape
+from physmorph.errors import ConfigError, InputError
+from physmorph.geometry.config import ShapeConfig, build_shape
 from physmorph.geometry.fill import MaterialPoints, fill_mesh
 from physmorph.mpm import Grid, Material, Model, State, grid_volume_estimate, splat_mass
 from physmorph.mpm.plasticity import Plasticity
+from physmorph.optimize.memory import check_fits, rollout_bytes
+
+# Fewer material points than a 3 × 3 × 3 block cannot resolve a deformation: a shape that
+# small for the lattice is almost certainly a unit mistake (a mesh in metres on a grid in cm).
+MIN_PARTICLES = 27
 
 
 @dataclass
@@ -64,11 +71,14 @@ def make_plasticity(plasticity: PlasticityConfig) -> Plasticity | None:
     return Plasticity(plasticity.yield_stress, plasticity.hardening)
 
 
-def fill_body(config: MorphConfig, which: str, dtype: torch.dtype, device: torch.device) -> MaterialPoints:
-    """Material points of the `source` or `target` shape of `config`."""
+def fill_body(
+    config: MorphConfig, which: str, dtype: torch.dtype, device: torch.device, mesh: trimesh.Trimesh | None = None
+) -> MaterialPoints:
+    """Material points of the `source` or `target` shape of `config` (or of its built `mesh`)."""
     sim = config.simulation
-    mesh = build_shape(getattr(config, which), config.base_dir)
-    return fill_mesh(
+    if mesh is None:
+        mesh = build_body(getattr(config, which), config.base_dir, which)
+    points = fill_mesh(
         mesh,
         dx=sim.grid_dx,
         points_per_cell_cuberoot=sim.points_per_cell_cuberoot,
@@ -79,6 +89,21 @@ def fill_body(config: MorphConfig, which: str, dtype: torch.dtype, device: torch
         dtype=dtype,
         device=device,
     )
+    if points.count < MIN_PARTICLES:
+        raise InputError(
+            f"the {which} shape fills only {points.count} material points at lattice spacing {points.spacing:g} "
+            f"(at least {MIN_PARTICLES} are needed to resolve a body); scale the shape up, or raise "
+            "simulation.points_per_cell_cuberoot or lower simulation.grid_dx"
+        )
+    return points
+
+
+def build_body(shape: ShapeConfig, base_dir: Path, which: str) -> trimesh.Trimesh:
+    """The mesh of config section `which` ('source' or 'target'), which errors name."""
+    try:
+        return build_shape(shape, base_dir)
+    except ConfigError as error:
+        raise ConfigError(f"in '{which}': {error}") from None
 
 
 def make_model(simulation: SimulationConfig, points: MaterialPoints, material: Material) -> Model:
@@ -104,13 +129,28 @@ def make_model(simulation: SimulationConfig, points: MaterialPoints, material: M
 
 
 def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> MorphSetup:
-    """Fill source and target, build the model and the target mass field."""
+    """Fill source and target, build the model and the target mesh field; refuses, before
+    filling, a run whose estimated memory exceeds what `device` has free."""
     sim = config.simulation
+    image_only = config.mode == "e2e" and config.e2e.target_images is not None
+    meshes = [build_body(config.source, config.base_dir, "source")]
+    if not image_only:
+        meshes.append(build_body(config.target, config.base_dir, "target"))
+    settings = config.optimization
+    itemsize = torch.finfo(dtype).bits // 8
+    estimate = rollout_bytes(meshes, sim, settings.num_timesteps, itemsize, True, settings.checkpoint_steps)
+    check_fits(
+        estimate,
+        "this morph",
+        device,
+        "lower simulation.points_per_cell_cuberoot or optimization.num_timesteps, shrink the shapes or the grid, "
+        "or set optimization.checkpoint_steps: true",
+    )
     material = make_material(sim, dtype, device)
-    source = fill_body(config, "source", dtype, device)
+    source = fill_body(config, "source", dtype, device, meshes[0])
     model = make_model(sim, source, material)
-    if config.mode == "e2e" and config.e2e.target_images is not None:
+    if image_only:
         return MorphSetup(model, State.at_rest(source.positions), None, None)
-    target = fill_body(config, "target", dtype, device)
+    target = fill_body(config, "target", dtype, device, meshes[1])
     target_grid_mass = splat_mass(target.positions, target.masses, model.grid, sim.kernel)
     return MorphSetup(model, State.at_rest(source.positions), target.positions, target_grid_mass)
