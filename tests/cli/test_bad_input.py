@@ -257,6 +257,10 @@ def mesh_is_a_folder(folder: Path) -> tuple[list[str], str]:
 CASES["mesh-is-a-folder"] = mesh_is_a_folder
 CASES["shape-negative-radius"] = morph_case(with_key(TINY, "source.params.radius", -1.0), "'source'")
 CASES["shape-infinite-radius"] = morph_case(with_key(TINY, "target.params.radius", float("inf")), "'target'")
+CASES["shape-radius-1e308"] = morph_case(with_key(TINY, "source.params.radius", 1e308), "'source'")
+CASES["shape-box-extent-1e308"] = morph_case(
+    {**TINY, "target": {"shape": "box", "params": {"extents": [1e308, 1, 1]}}}, "'target'"
+)
 CASES["shape-unknown-name"] = morph_case({**TINY, "target": {"shape": "teapot"}}, "teapot")
 CASES["shape-params-not-a-mapping"] = morph_case(with_key(TINY, "source.params", [2.0]), "source.params")
 CASES["shape-unknown-parameter"] = morph_case(with_key(TINY, "source.params.radius_mm", 2.0), "radius_mm")
@@ -324,6 +328,11 @@ DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "summary-empty-mapping": ("summary.json", lambda p: p.write_text("{}"), "summary.json"),
     "summary-truncated": ("summary.json", _truncate, "summary.json"),
     "summary-not-utf8": ("summary.json", lambda p: p.write_bytes(b'{"episodes": "\xff\xfe"}'), "summary.json"),
+    "summary-config-emptied": (
+        "summary.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "config": {}})),
+        "summary.json",
+    ),
     "summary-no-episodes": (
         "summary.json",
         lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "episodes"})),
@@ -335,7 +344,7 @@ RESUME_ONLY = {
     "summary-other-config": (
         "summary.json",
         lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "config": {"simulation": [1]}})),
-        "simulation",
+        "summary.json",
     ),
     "state-truncated": ("ep000/state.npz", _truncate, "state.npz"),
     "state-missing": ("ep000/state.npz", lambda p: p.unlink(), "state.npz"),
@@ -382,6 +391,7 @@ def test_render_refuses_an_image_size_that_would_not_fit(finished_run):
     ("argv", "fragment"),
     [
         (["--views", "0"], "--views"),
+        (["--views", "100000"], "--views"),
         (["--size", "big"], "--size"),
         (["--size", "4x4"], "--size"),
         (["--episode", "7"], "episode 7"),

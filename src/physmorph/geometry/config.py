@@ -12,7 +12,7 @@ import trimesh
 
 from physmorph.errors import ConfigError
 from physmorph.geometry.meshes import MeshError, load_mesh, recenter
-from physmorph.geometry.shapes import check_shape_parameters, make_shape
+from physmorph.geometry.shapes import MAX_SIZE, check_shape_parameters, make_shape
 from physmorph.settings import require
 
 
@@ -102,4 +102,10 @@ def build_shape(config: ShapeConfig, base_dir: str | Path) -> trimesh.Trimesh:
         mesh.apply_scale(config.scale)
     if config.recenter:
         mesh = recenter(mesh, config.center)
+    reach = np.abs(mesh.vertices).max()
+    if not reach <= MAX_SIZE:
+        raise ConfigError(
+            f"the shape reaches {reach:g} grid units from the origin after rotate/scale/size; that cannot be "
+            "simulated: check the units (scale, size) or the mesh file"
+        )
     return mesh

@@ -13,6 +13,9 @@ from physmorph.errors import ConfigError
 
 Vector = Sequence[float]
 
+# Sizes beyond this overflow the float32 positions of the simulation; no grid is that large.
+MAX_SIZE = 1e15
+
 
 def sphere(radius: float = 8.0, center: Vector = (0.0, 0.0, 0.0), subdivisions: int = 4) -> trimesh.Trimesh:
     """Sphere of `radius` (grid units): a subdivided icosahedron (20·4^subdivisions faces)."""
@@ -179,8 +182,8 @@ def _vector(shape: str, key: str, value: Any) -> np.ndarray:
         vector = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         vector = np.zeros(0)
-    if vector.shape != (3,) or not np.isfinite(vector).all():
-        raise ConfigError(f"shape '{shape}': {key} must be 3 finite numbers, got {value!r}")
+    if vector.shape != (3,) or not np.isfinite(vector).all() or np.abs(vector).max() > MAX_SIZE:
+        raise ConfigError(f"shape '{shape}': {key} must be 3 finite numbers of magnitude ≤ {MAX_SIZE:g}, got {value!r}")
     return vector
 
 
@@ -190,6 +193,8 @@ def _check_positive(shape: str, **values: Any) -> None:
             raise ConfigError(f"shape '{shape}': {key} must be a number, got {value!r}")
         if not (np.isfinite(value) and value > 0):
             raise ConfigError(f"shape '{shape}': {key} must be positive, got {value!r}")
+        if value > MAX_SIZE:
+            raise ConfigError(f"shape '{shape}': {key} must be at most {MAX_SIZE:g} grid units, got {value!r}")
 
 
 def _check_range(shape: str, key: str, value: Any, low: int, high: int) -> None:

@@ -104,6 +104,9 @@ def read_summary(folder: RunPaths) -> dict[str, Any]:
     for key, kind in (("episodes", list), ("config", dict), ("num_particles", int)):
         if not isinstance(summary.get(key), kind):
             raise broken(f"'{key}' is missing or not a {kind.__name__}")
+    missing = [section for section in ("source", "simulation", "optimization") if section not in summary["config"]]
+    if missing:
+        raise broken(f"its config lacks the sections {missing}")
     for position, record in enumerate(summary["episodes"]):
         if not isinstance(record, dict) or record.get("episode") != position:
             raise broken(f"episode record {position} is not numbered {position}")

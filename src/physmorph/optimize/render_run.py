@@ -18,6 +18,7 @@ from physmorph.optimize.views import orbit_views, render_frames, render_settings
 from physmorph.surface import bind_surface, synthesize_surface
 
 PASS_A_RUN = "pass the folder of a finished `physmorph morph` run"
+MAX_VIEWS = 360
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -42,8 +43,8 @@ def render_run(
         raise InputError(f"run folder '{folder.root}' does not exist; {PASS_A_RUN}")
     if not folder.summary.is_file():
         raise InputError(f"'{folder.root}' holds no {SUMMARY_FILE}; {PASS_A_RUN}")
-    if views < 1:
-        raise InputError(f"--views must be at least 1, got {views}")
+    if not 1 <= views <= MAX_VIEWS:
+        raise InputError(f"--views must be 1..{MAX_VIEWS} (one camera per degree of the orbit at most), got {views}")
     summary = read_summary(folder)
     try:
         with warnings.catch_warnings():
