@@ -25,6 +25,10 @@ Vector = tuple[float, float, float]
 MIN_GRID_CELLS = 7
 # Image sides beyond this are a typo (the renderer's per-pixel buffers would not fit a GPU).
 MAX_IMAGE_SIDE = 8192
+# Cameras of one orbit: one per degree.
+MAX_VIEWS = 360
+# Gaussians of a runtime surface: beyond this its binding and renders exhaust any device.
+MAX_GAUSSIANS = 10_000_000
 
 
 class UnusedKeysWarning(UserWarning):
@@ -240,6 +244,12 @@ class E2EConfig:
         )
         require(self.num_heldout_views >= 0, "e2e.num_heldout_views", f"must be ≥ 0, got {self.num_heldout_views}")
         require(
+            max(self.num_train_views, self.num_heldout_views) <= MAX_VIEWS,
+            "e2e.num_train_views",
+            f"and num_heldout_views must be at most {MAX_VIEWS} (one camera per degree), got "
+            f"{self.num_train_views} and {self.num_heldout_views}",
+        )
+        require(
             self.width >= 8 and self.height >= 8,
             "e2e.width",
             f"and e2e.height must be at least 8 pixels, got {self.width}x{self.height}",
@@ -342,6 +352,11 @@ def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> M
         _section(sampling, "runtime_surface", "sampling.runtime_surface")
     )
     unused += surface_unused
+    require(
+        surface.M <= MAX_GAUSSIANS,
+        "sampling.runtime_surface.M",
+        f"({surface.M}) must be at most {MAX_GAUSSIANS} Gaussians; the surface of a body needs far fewer",
+    )
     if sampling:
         raise ConfigError(f"unknown config key 'sampling.{sorted(sampling)[0]}'; known: sampling.runtime_surface")
     unused += _unused_settings(data)

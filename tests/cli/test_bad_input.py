@@ -133,6 +133,12 @@ CASES["range-grid_dx-larger-than-box"] = morph_case(with_key(TINY, "simulation.g
 CASES["range-iterations-0"] = morph_case(with_key(TINY, "optimization.iterations", 0), "got 0")
 CASES["range-patience-negative"] = morph_case(with_key(TINY, "optimization.patience", -3), "got -3")
 CASES["range-e2e-width-huge"] = morph_case(with_key(TINY, "e2e.width", 100000), "e2e.width")
+CASES["range-gaussians-1e9"] = morph_case(with_key(TINY, "sampling.runtime_surface.M", 10**9), "runtime_surface.M")
+CASES["range-train-views-1e5"] = morph_case(with_key(TINY, "e2e.num_train_views", 100000), "e2e.num_train_views")
+CASES["range-simulate-previews"] = simulate_case({**SIMULATE, "num_previews": 5000}, "num_previews")
+CASES["size-morph-video"] = morph_case(
+    with_key(with_key(TINY, "e2e.video_size", 8192), "optimization.num_timesteps", 2000), "video"
+)
 CASES["range-unknown-key"] = morph_case(with_key(TINY, "simulation.stiffness", 3), "simulation.stiffness")
 CASES["range-mode"] = morph_case({**TINY, "mode": "fast"}, "'mode'")
 CASES["range-output_dir-number"] = morph_case({**TINY, "output_dir": 5}, "output_dir")

@@ -21,6 +21,9 @@ from physmorph.optimize.memory import check_fits, rollout_bytes
 from physmorph.optimize.setup import build_body, make_material, make_model, resolve_device
 from physmorph.settings import from_mapping, require
 
+# Panels of the preview figure; more would not be readable.
+MAX_PREVIEWS = 64
+
 Matrix = tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
 
 
@@ -39,7 +42,11 @@ class SimulateConfig:
 
     def validate(self) -> None:
         require(self.num_steps >= 1, "num_steps", f"must be ≥ 1, got {self.num_steps}")
-        require(self.num_previews >= 1, "num_previews", f"must be ≥ 1, got {self.num_previews}")
+        require(
+            1 <= self.num_previews <= MAX_PREVIEWS,
+            "num_previews",
+            f"must be 1..{MAX_PREVIEWS} (panels of one figure), got {self.num_previews}",
+        )
 
 
 def load_simulate_config(path: str | Path) -> SimulateConfig:

@@ -41,6 +41,7 @@ from physmorph.mpm.fused import supports_fused
 from physmorph.optimize.e2e import E2EResult
 from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
+from physmorph.optimize.memory import check_fits, render_bytes
 from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
 from physmorph.optimize.views import render_frames, render_settings, turntable
 from physmorph.render import raycast_mesh
@@ -133,6 +134,11 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
     device = resolve_device(settings.device)
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
     prepare_output_folder(paths.root)
+    # morph.mp4 keeps every frame in memory until it is encoded
+    video = config.e2e.video_size
+    frames = settings.num_animations * settings.num_timesteps + 1
+    check_fits(render_bytes((2 * video, video), 1, frames), "the morph video", torch.device("cpu"),
+               "lower e2e.video_size")
     summary = None
     if resume and paths.summary.exists():
         summary = read_summary(paths)
