@@ -168,11 +168,15 @@ def _exp_slope(xi, xj, GAP: tl.constexpr):
 
 # Order of the float settings in the `prm` tensor (the data's dtype, so float64 keeps full precision).
 PARAMETERS = ("yield_stress", "hardening", "stretch_floor")
+# read at their names' positions, like the step kernels' settings
+PRM_YIELD_STRESS = tl.constexpr(PARAMETERS.index("yield_stress"))
+PRM_HARDENING = tl.constexpr(PARAMETERS.index("hardening"))
+PRM_STRETCH_FLOOR = tl.constexpr(PARAMETERS.index("stretch_floor"))
 
 
 @triton.jit
 def _settings(prm_ptr):
-    return tl.load(prm_ptr + 0), tl.load(prm_ptr + 1), tl.load(prm_ptr + 2)
+    return tl.load(prm_ptr + PRM_YIELD_STRESS), tl.load(prm_ptr + PRM_HARDENING), tl.load(prm_ptr + PRM_STRETCH_FLOOR)
 
 
 @triton.jit
