@@ -42,9 +42,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cameras_around(
-    views: int, resolution: int, dtype, device, elevation=25.0, start=0.0
-) -> Cameras:
+def cameras_around(views: int, resolution: int, dtype, device, elevation=25.0, start=0.0) -> Cameras:
     """`views` cameras on a circle of radius 35 around the grid centre, 40° field of view."""
     K = intrinsics_from_fov(40.0, resolution, resolution, dtype=dtype, device=device)
     return orbit_cameras(
@@ -175,16 +173,12 @@ def compare(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         ]
     )
     train_targets = target_images_from_particles(target_points, training, surface, render_settings)
-    held_out_targets = target_images_from_particles(
-        target_points, held_out, surface, render_settings
-    )
+    held_out_targets = target_images_from_particles(target_points, held_out, surface, render_settings)
     settings: OptimizationConfig = config.optimization
     # the mass loss sums over grid nodes (thousands); scale the reference's render weights so the
     # two parts are of comparable size in the physics + render variant
     base = RenderLossConfig(target_cov_scale=args.sigma0)
-    both = dataclasses.replace(
-        base, **{name: getattr(base, name) * args.render_weight for name in RENDER_WEIGHTS}
-    )
+    both = dataclasses.replace(base, **{name: getattr(base, name) * args.render_weight for name in RENDER_WEIGHTS})
     variants = {
         "physics only (adam)": None,
         "physics + render": both,
@@ -225,9 +219,7 @@ def compare(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("timing", "compare"), default="timing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")

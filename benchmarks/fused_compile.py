@@ -71,8 +71,12 @@ def main() -> None:
         ("grid_backward", kernels.grid_backward, walls, 4),
         ("p2g_backward", kernels.p2g_backward, material | particle, fused.PARTICLE_WARPS),
         ("plastic_fwd", plastic.return_mapping_forward, {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK}, 4),
-        ("plastic_bwd", plastic.return_mapping_backward,
-         {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK, "GAP": plastic.SERIES_GAP}, 4),
+        (
+            "plastic_bwd",
+            plastic.return_mapping_backward,
+            {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK, "GAP": plastic.SERIES_GAP},
+            4,
+        ),
     )
     target = GPUTarget("cuda", args.arch, 32)
     triton.knobs.compilation.always_compile = True  # time the compiler, not Triton's disk cache
@@ -85,8 +89,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         total += seconds
         use = resources(compiled.asm["cubin"])
-        print(f"{name:>14} {warps:>5} {seconds:>9.1f} {use.get('REG', -1):>9} {use.get('SHARED', -1):>8}"
-              f" {use.get('LOCAL', -1):>9}", flush=True)
+        print(
+            f"{name:>14} {warps:>5} {seconds:>9.1f} {use.get('REG', -1):>9} {use.get('SHARED', -1):>8}"
+            f" {use.get('LOCAL', -1):>9}",
+            flush=True,
+        )
     print(f"{'total':>14} {'':>5} {total:>9.1f}")
 
 

@@ -53,8 +53,10 @@ def main() -> None:
     forward, forward_backward = step_runs(fused_step, state, control, model)
 
     print(f"device: {torch.cuda.get_device_name(device)}; N = {count}; {args.dtype}")
-    print(f"{'scan':>9} {'particle':>9} {'unroll':>6} {'first s':>8} {'fwd ms':>8} {'fwd Mp/s':>9}"
-          f" {'f+b ms':>8} {'f+b Mp/s':>9}")
+    print(
+        f"{'scan':>9} {'particle':>9} {'unroll':>6} {'first s':>8} {'fwd ms':>8} {'fwd Mp/s':>9}"
+        f" {'f+b ms':>8} {'f+b Mp/s':>9}"
+    )
     for scan, particle, unroll in configs(args.full):
         fused.SCAN_BLOCK, fused.SCAN_WARPS = scan
         fused.PARTICLE_BLOCK, fused.PARTICLE_WARPS = particle

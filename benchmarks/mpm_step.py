@@ -97,9 +97,10 @@ def fewest_bytes(n: int, nodes: int, element: int) -> tuple[int, int]:
 def step_runs(step_function, state: State, control: torch.Tensor, model: Model):
     """(forward, forward_backward): one step without autograd, and one step with the gradient of
     random cotangents with respect to x, v, F, C and the control."""
-    leaves = [t.clone().requires_grad_(True) for t in (
-        state.positions, state.velocities, state.deformation_gradients, state.affine_velocities, control
-    )]
+    leaves = [
+        t.clone().requires_grad_(True)
+        for t in (state.positions, state.velocities, state.deformation_gradients, state.affine_velocities, control)
+    ]
     g = torch.Generator(device=control.device).manual_seed(1)
     cotangents = [torch.randn(t.shape, generator=g, device=t.device, dtype=t.dtype) for t in leaves[:4]]
 
@@ -180,8 +181,10 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; {args.dtype}; grid {GRID_CELLS}³ cells, cubic")
     if cuda:
         print(f"device-to-device copy bandwidth: {bandwidth:.0f} GB/s (read + write)")
-    header = (f"{'N':>9} {'backend':>7} {'plastic':>7} {'fwd ms':>9} {'fwd Mp/s':>9} {'f+b ms':>9} {'f+b Mp/s':>9}"
-              f" {'fwd x':>7} {'f+b x':>7} {'fwd BW':>13} {'f+b BW':>13}")
+    header = (
+        f"{'N':>9} {'backend':>7} {'plastic':>7} {'fwd ms':>9} {'fwd Mp/s':>9} {'f+b ms':>9} {'f+b Mp/s':>9}"
+        f" {'fwd x':>7} {'f+b x':>7} {'fwd BW':>13} {'f+b BW':>13}"
+    )
     rows = []
     elastic = {}  # (N, backend) → elastic forward+backward ms, for the plastic/elastic throughput ratio
     for n in sizes:
@@ -193,14 +196,15 @@ def main() -> None:
                 fwd_bytes, total_bytes = fewest_bytes(count, nodes, torch.finfo(dtype).bits // 8)
                 speedup = ("", "")
                 if backend == "triton" and reference is not None:
-                    speedup = (f"{reference['forward_ms'] / r['forward_ms']:.0f}",
-                               f"{reference['forward_backward_ms'] / r['forward_backward_ms']:.0f}")
+                    speedup = (
+                        f"{reference['forward_ms'] / r['forward_ms']:.0f}",
+                        f"{reference['forward_backward_ms'] / r['forward_backward_ms']:.0f}",
+                    )
                 bw = ("", "")
                 if cuda:
                     f_bw = fwd_bytes / (r["forward_ms"] * 1e-3) / 1e9
                     t_bw = total_bytes / (r["forward_backward_ms"] * 1e-3) / 1e9
-                    bw = (f"{f_bw:.0f} ({100 * f_bw / bandwidth:.0f}%)",
-                          f"{t_bw:.0f} ({100 * t_bw / bandwidth:.0f}%)")
+                    bw = (f"{f_bw:.0f} ({100 * f_bw / bandwidth:.0f}%)", f"{t_bw:.0f} ({100 * t_bw / bandwidth:.0f}%)")
                 note = r.get("note", "")
                 if plasticity is None:
                     elastic[count, backend] = r["forward_backward_ms"]
@@ -214,8 +218,10 @@ def main() -> None:
                 )
                 if backend == "torch":
                     reference = r
-    print("Mp/s = 10⁶ particle-steps per second; x = reference time / fused time;"
-          " BW = fewest bytes / time in GB/s (% of copy)")
+    print(
+        "Mp/s = 10⁶ particle-steps per second; x = reference time / fused time;"
+        " BW = fewest bytes / time in GB/s (% of copy)"
+    )
     print(header)
     print("\n".join(rows))
     if cuda and args.profile:

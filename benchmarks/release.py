@@ -60,8 +60,10 @@ def main() -> None:
     arguments = parser.parse_args()
     device = torch.device(arguments.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; {arguments.episodes} episodes, "
-          f"then {arguments.free_seconds:g} s free")
+    print(
+        f"device: {name}; torch {torch.__version__}; {arguments.episodes} episodes, "
+        f"then {arguments.free_seconds:g} s free"
+    )
     header = ("shape", "variant", "particles", "yield", "release", "morph s", "after morph", "after free", "change")
     widths = (6, 8, 9, 7, 7, 8, 11, 10, 7)
     print(" | ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
@@ -91,9 +93,17 @@ def main() -> None:
             after_free = chamfer_distance(released.positions, setup.target_points).item()
             plasticity = config.simulation.plasticity
             yield_text = f"{plasticity.yield_stress:g}" if plasticity.model != "none" else "-"
-            row = (shape, variant, setup.initial.num_particles, yield_text, settings.release_steps,
-                   f"{seconds:.1f}", f"{after_morph:.3f}", f"{after_free:.3f}",
-                   f"{100 * (after_free / after_morph - 1):+.1f}%")
+            row = (
+                shape,
+                variant,
+                setup.initial.num_particles,
+                yield_text,
+                settings.release_steps,
+                f"{seconds:.1f}",
+                f"{after_morph:.3f}",
+                f"{after_free:.3f}",
+                f"{100 * (after_free / after_morph - 1):+.1f}%",
+            )
             print(" | ".join(f"{v!s:>{w}}" for v, w in zip(row, widths)), flush=True)
 
 

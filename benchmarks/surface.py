@@ -34,9 +34,7 @@ def timed(function, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(
-    x: torch.Tensor, F: torch.Tensor, count: int, equalize: bool, repeats: int
-) -> tuple[float, float, float]:
+def measure(x: torch.Tensor, F: torch.Tensor, count: int, equalize: bool, repeats: int) -> tuple[float, float, float]:
     """Bind seconds and per-frame forward / forward+backward milliseconds for M = `count`."""
     device, dtype = x.device, x.dtype
     config = SurfaceConfig(M=count, post_equalize=PostEqualizeConfig(enabled=equalize))

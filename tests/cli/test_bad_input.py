@@ -147,9 +147,7 @@ CASES["range-output_dir-number"] = morph_case({**TINY, "output_dir": 5}, "output
 for key in ("source", "target"):
     CASES[f"shape-{key}-empty-mapping"] = morph_case({**TINY, key: {}}, key)
     CASES[f"shape-{key}-null"] = morph_case({**TINY, key: None}, key)
-    CASES[f"shape-{key}-both-mesh-and-shape"] = morph_case(
-        {**TINY, key: {"mesh": "a.obj", "shape": "sphere"}}, key
-    )
+    CASES[f"shape-{key}-both-mesh-and-shape"] = morph_case({**TINY, key: {"mesh": "a.obj", "shape": "sphere"}}, key)
 CASES["shape-simulate-source-empty"] = simulate_case({**SIMULATE, "source": {}}, "source")
 
 
@@ -373,9 +371,9 @@ RUN_CASES = [("resume", k, *v) for k, v in (DAMAGE | RESUME_ONLY).items()]
 RUN_CASES += [("render", k, *v) for k, v in (DAMAGE | RENDER_ONLY).items()]
 
 
-@pytest.mark.parametrize(("command", "name", "target", "damage", "fragment"), RUN_CASES, ids=[
-    f"{c[0]}-{c[1]}" for c in RUN_CASES
-])
+@pytest.mark.parametrize(
+    ("command", "name", "target", "damage", "fragment"), RUN_CASES, ids=[f"{c[0]}-{c[1]}" for c in RUN_CASES]
+)
 def test_a_damaged_run_folder_is_one_clean_line(finished_run, tmp_path, command, name, target, damage, fragment):
     config, original = finished_run
     run = tmp_path / "run"

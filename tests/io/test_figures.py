@@ -9,8 +9,13 @@ from physmorph.io.images import read_png
 
 
 def _episode(index: int, after: float, driven: float) -> dict:
-    return {"episode": index, "loss_history": [3.0, 2.0, 1.5], "chamfer_before": 0.6, "chamfer_after": after,
-            "chamfer_after_driven": driven}
+    return {
+        "episode": index,
+        "loss_history": [3.0, 2.0, 1.5],
+        "chamfer_before": 0.6,
+        "chamfer_after": after,
+        "chamfer_after_driven": driven,
+    }
 
 
 def test_release_runs_draw_the_driven_chamfer_as_well(tmp_path):

@@ -68,9 +68,7 @@ def test_missing_and_unreadable_files(tmp_path):
         load_image_targets(tmp_path)
     save_image_targets(tmp_path, _targets())
     (tmp_path / "cam1_mask.png").unlink()
-    with pytest.raises(
-        InputError, match=r"view 'cam1'.*mask file .*cam1_mask\.png' does not exist"
-    ):
+    with pytest.raises(InputError, match=r"view 'cam1'.*mask file .*cam1_mask\.png' does not exist"):
         load_image_targets(tmp_path)
 
 
@@ -102,9 +100,7 @@ def test_bad_entries(tmp_path):
 def test_size_mismatch(tmp_path):
     save_image_targets(tmp_path, _targets())
     write_png(tmp_path / "cam1.png", torch.rand(12, 16, 3))
-    with pytest.raises(
-        InputError, match=r"view 'cam1'.*cam1\.png' is 16x12 pixels but the view says 16x16"
-    ):
+    with pytest.raises(InputError, match=r"view 'cam1'.*cam1\.png' is 16x12 pixels but the view says 16x16"):
         load_image_targets(tmp_path)
     manifest = _manifest(tmp_path)
     manifest["images"][1]["width"] = 20

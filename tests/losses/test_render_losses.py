@@ -37,9 +37,7 @@ F64 = torch.float64
 
 
 def _gradcheck(function, *inputs):
-    return torch.autograd.gradcheck(
-        function, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True
-    )
+    return torch.autograd.gradcheck(function, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
 def _front_camera(size=24, focal=20.0):
@@ -108,20 +106,14 @@ def test_silhouette_edges_give_the_tangent_of_a_vertical_edge():
     assert (near > 0).all()
     assert (strength[:, :9] == 0).all() and (strength[:, 15:] == 0).all()
     # vertical tangent: φ = 90°, (cos 2φ, sin 2φ) = (−1, 0)
-    assert torch.allclose(
-        edges.doubled[0, :, 9:15], torch.tensor([-1.0, 0.0], dtype=F64).expand(24, 6, 2)
-    )
+    assert torch.allclose(edges.doubled[0, :, 9:15], torch.tensor([-1.0, 0.0], dtype=F64).expand(24, 6, 2))
     # a diagonal edge (object where x > y) has φ = 45°: cos 2φ = 0
     ii, jj = torch.meshgrid(torch.arange(24), torch.arange(24), indexing="ij")
     diagonal = silhouette_edges((jj > ii).to(F64)[None], radius=1)
     on_edge = diagonal.strength[0] > 0.1
     on_edge[:4] = on_edge[-4:] = False  # the image corners bend the edge
-    assert torch.allclose(
-        diagonal.doubled[0][on_edge][:, 0], torch.zeros(int(on_edge.sum()), dtype=F64), atol=1e-9
-    )
-    assert torch.allclose(
-        diagonal.doubled[0][on_edge][:, 1].abs(), torch.ones(int(on_edge.sum()), dtype=F64)
-    )
+    assert torch.allclose(diagonal.doubled[0][on_edge][:, 0], torch.zeros(int(on_edge.sum()), dtype=F64), atol=1e-9)
+    assert torch.allclose(diagonal.doubled[0][on_edge][:, 1].abs(), torch.ones(int(on_edge.sum()), dtype=F64))
 
 
 def test_project_covariances_on_the_axis():
@@ -204,21 +196,13 @@ def test_principal_curvatures_of_a_sphere_and_a_cylinder():
 def test_curvature_target_covariances():
     points, normals = _sphere_points(radius=2.0)
     sigma0 = 0.1
-    targets = curvature_target_covariances(
-        points, normals, sigma0, gaussian_neighbors(points, 12), gain=2.0
-    )
+    targets = curvature_target_covariances(points, normals, sigma0, gaussian_neighbors(points, 12), gain=2.0)
     eigenvalues, vectors = torch.linalg.eigh(targets)
     tangent = (sigma0 / (1 + 2.0 * 0.5)) ** 2
-    assert torch.allclose(
-        eigenvalues[:, 0], torch.full((len(points),), (0.3 * sigma0) ** 2, dtype=F64)
-    )
-    assert torch.allclose(
-        eigenvalues[:, 1:], torch.full((len(points), 2), tangent, dtype=F64), rtol=0.05
-    )
+    assert torch.allclose(eigenvalues[:, 0], torch.full((len(points),), (0.3 * sigma0) ** 2, dtype=F64))
+    assert torch.allclose(eigenvalues[:, 1:], torch.full((len(points), 2), tangent, dtype=F64), rtol=0.05)
     # the smallest axis is the normal
-    assert torch.allclose(
-        (vectors[:, :, 0] * normals).sum(-1).abs(), torch.ones(len(points), dtype=F64)
-    )
+    assert torch.allclose((vectors[:, :, 0] * normals).sum(-1).abs(), torch.ones(len(points), dtype=F64))
 
 
 def _spd(count=4, seed=0, scale=0.1):
@@ -230,23 +214,17 @@ def _spd(count=4, seed=0, scale=0.1):
 def test_covariance_alignment_values_and_gradcheck():
     target = _spd(seed=1)
     assert covariance_alignment_loss(target, target).item() == pytest.approx(0.0, abs=1e-12)
-    assert covariance_alignment_loss(4 * target, target).item() == pytest.approx(
-        3 * math.log(4) ** 2
-    )
+    assert covariance_alignment_loss(4 * target, target).item() == pytest.approx(3 * math.log(4) ** 2)
     assert _gradcheck(lambda c: covariance_alignment_loss(c, target), _spd(seed=2).requires_grad_())
 
 
-@pytest.mark.parametrize(
-    ("mode", "doubled"), [("eigenvalue", 1.0), ("trace", 1.0), ("frobenius", 3.0)]
-)
+@pytest.mark.parametrize(("mode", "doubled"), [("eigenvalue", 1.0), ("trace", 1.0), ("frobenius", 3.0)])
 def test_covariance_regularization_values_and_gradcheck(mode, doubled):
     s = 0.02
     eye = torch.eye(3, dtype=F64).expand(5, 3, 3)
     assert covariance_regularization(s**2 * eye, mode, s).item() == pytest.approx(0.0, abs=1e-20)
     assert covariance_regularization(2 * s**2 * eye, mode, s).item() == pytest.approx(doubled)
-    assert _gradcheck(
-        lambda c: covariance_regularization(c, mode, 0.1), _spd(seed=3).requires_grad_()
-    )
+    assert _gradcheck(lambda c: covariance_regularization(c, mode, 0.1), _spd(seed=3).requires_grad_())
     with pytest.raises(InputError, match="regularisation mode"):
         covariance_regularization(eye, "volume", s)
 
@@ -258,9 +236,7 @@ def test_normal_smoothness_values_and_gradcheck():
     assert normal_smoothness_loss(normals, neighbors).item() == pytest.approx(1 / 3)
     random = torch.randn(6, 3, dtype=F64)
     random_neighbors = gaussian_neighbors(torch.randn(6, 3, dtype=F64), 2)
-    assert _gradcheck(
-        lambda n: normal_smoothness_loss(n, random_neighbors), random.requires_grad_()
-    )
+    assert _gradcheck(lambda n: normal_smoothness_loss(n, random_neighbors), random.requires_grad_())
 
 
 def test_image_losses_gradcheck():
@@ -278,9 +254,7 @@ def test_schedules():
     assert schedule_factor("constant", 0.0) == 1.0
     assert schedule_factor("linear", 0.25) == 0.25
     assert schedule_factor("cosine", 0.5) == pytest.approx(0.5)
-    assert schedule_factor("cosine", 0.0) == 0.0 and schedule_factor(
-        "cosine", 1.0
-    ) == pytest.approx(1.0)
+    assert schedule_factor("cosine", 0.0) == 0.0 and schedule_factor("cosine", 1.0) == pytest.approx(1.0)
     assert schedule_factor("linear", 3.0) == 1.0
     assert training_progress(3, 7) == 0.5
     assert training_progress(0, 1) == 0.0

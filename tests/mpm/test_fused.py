@@ -12,8 +12,15 @@ from physmorph.mpm.plasticity import Plasticity
 DEFORMATIONS = ("near_identity", "strong", "trust_region")
 
 
-def _setup(deformation: str, dtype: torch.dtype, device: str, n: int = 1500, seed: int = 0,
-           boundary: str = "slip", per_particle: bool = True):
+def _setup(
+    deformation: str,
+    dtype: torch.dtype,
+    device: str,
+    n: int = 1500,
+    seed: int = 0,
+    boundary: str = "slip",
+    per_particle: bool = True,
+):
     """A random state on a 16³-cell grid whose particles reach the wall band, and its model."""
     g = torch.Generator().manual_seed(seed)
 
@@ -44,9 +51,18 @@ def _setup(deformation: str, dtype: torch.dtype, device: str, n: int = 1500, see
     lattice_volumes = torch.full((n,), 0.125, dtype=torch.float64)
     volumes = 0.125 * (1.0 + 0.2 * rand(n))
     tensors = {
-        "x": x, "v": v, "F": F, "C": C, "dF": 0.03 * randn(n, 3, 3), "force": randn(n, 3),
-        "lam": lam, "mu": mu, "density": density, "lattice_volumes": lattice_volumes,
-        "volumes": volumes, "drag": torch.tensor(0.5, dtype=torch.float64),
+        "x": x,
+        "v": v,
+        "F": F,
+        "C": C,
+        "dF": 0.03 * randn(n, 3, 3),
+        "force": randn(n, 3),
+        "lam": lam,
+        "mu": mu,
+        "density": density,
+        "lattice_volumes": lattice_volumes,
+        "volumes": volumes,
+        "drag": torch.tensor(0.5, dtype=torch.float64),
         "external_force": torch.tensor([0.3, -9.8, 1.0], dtype=torch.float64),
     }
     tensors = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
@@ -55,14 +71,23 @@ def _setup(deformation: str, dtype: torch.dtype, device: str, n: int = 1500, see
 
 def _model(grid: Grid, t: dict, boundary: str, **overrides) -> Model:
     material = Material(t["lam"], t["mu"], t["density"], overrides.pop("material_model", "fixed_corotated"))
-    return Model(grid, material, t["lattice_volumes"], t["volumes"], drag=t["drag"],
-                 external_force=t["external_force"], boundary=boundary, **overrides)
+    return Model(
+        grid,
+        material,
+        t["lattice_volumes"],
+        t["volumes"],
+        drag=t["drag"],
+        external_force=t["external_force"],
+        boundary=boundary,
+        **overrides,
+    )
 
 
 def _run(step_function, grid, t, boundary, control: bool, force: bool, **overrides):
     model = _model(grid, t, boundary, **overrides)
-    out = step_function(State(t["x"], t["v"], t["F"], t["C"]), model,
-                        t["dF"] if control else None, t["force"] if force else None)
+    out = step_function(
+        State(t["x"], t["v"], t["F"], t["C"]), model, t["dF"] if control else None, t["force"] if force else None
+    )
     return out.positions, out.velocities, out.deformation_gradients, out.affine_velocities
 
 
@@ -109,8 +134,7 @@ def test_forward_matches_reference_float32(deformation):
 @pytest.mark.parametrize("boundary", ["slip", "sticky"])
 @pytest.mark.parametrize("per_particle", [True, False])
 def test_gradients_match_reference(deformation, boundary, per_particle):
-    grid, t, boundary = _setup(deformation, torch.float64, "cuda", boundary=boundary,
-                               per_particle=per_particle)
+    grid, t, boundary = _setup(deformation, torch.float64, "cuda", boundary=boundary, per_particle=per_particle)
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items()}
     weights = None
     gradients = []
@@ -158,11 +182,13 @@ def test_float32_plastic_step_close_to_float64_reference():
         leaves = {k: v.to(dtype).requires_grad_(True) for k, v in t64.items()}
         alpha = torch.linspace(0.0, 0.2, len(t64["x"]), dtype=dtype, device="cuda")
         model = _model(grid, leaves, boundary, plasticity=plasticity)
-        out = step_function(State(leaves["x"], leaves["v"], leaves["F"], leaves["C"], alpha), model,
-                            leaves["dF"], leaves["force"]).tensors
+        out = step_function(
+            State(leaves["x"], leaves["v"], leaves["F"], leaves["C"], alpha), model, leaves["dF"], leaves["force"]
+        ).tensors
         loss = sum((o.double() * torch.sin(o.double())).sum() for o in out)
-        results.append([o.detach().double() for o in out]
-                       + [g.double() for g in torch.autograd.grad(loss, list(leaves.values()))])
+        results.append(
+            [o.detach().double() for o in out] + [g.double() for g in torch.autograd.grad(loss, list(leaves.values()))]
+        )
     for a, b in zip(*results):
         assert _relative(a, b) < 1e-3
 
@@ -220,12 +246,24 @@ def test_twenty_step_rollout_gradient_matches_reference(checkpoint_steps):
         dF = controls.clone().requires_grad_(True)
         lam_leaf = lam.clone().requires_grad_(True)
         mu_leaf = mu.clone().requires_grad_(True)
-        model = Model(grid, Material(lam_leaf, mu_leaf, 75.0), torch.full_like(x[:, 0], 0.125),
-                      torch.full_like(x[:, 0], 0.125), external_force=(0.0, 0.0, -9.8))
-        trajectory = simulate(State.at_rest(x), model, 20, dF, control_stride=2,
-                              checkpoint_steps=checkpoint_steps and backend == "triton", backend=backend)
+        model = Model(
+            grid,
+            Material(lam_leaf, mu_leaf, 75.0),
+            torch.full_like(x[:, 0], 0.125),
+            torch.full_like(x[:, 0], 0.125),
+            external_force=(0.0, 0.0, -9.8),
+        )
+        trajectory = simulate(
+            State.at_rest(x),
+            model,
+            20,
+            dF,
+            control_stride=2,
+            checkpoint_steps=checkpoint_steps and backend == "triton",
+            backend=backend,
+        )
         final = trajectory.final
-        loss = (final.positions ** 2).sum() + 10.0 * (final.deformation_gradients ** 2).sum()
+        loss = (final.positions**2).sum() + 10.0 * (final.deformation_gradients**2).sum()
         results.append((final.positions.detach(), *torch.autograd.grad(loss, (dF, lam_leaf, mu_leaf))))
     for a, b in zip(*results):
         assert _relative(a, b) < 1e-3

@@ -21,9 +21,7 @@ def _linear_descent(diverge_at: set[int], iterations: int = 6):
         loss = p.sum()
         return loss, loss.item()
 
-    settings = OptimizationConfig(
-        iterations=iterations, learning_rate=0.1, final_learning_rate_ratio=1.0, patience=10
-    )
+    settings = OptimizationConfig(iterations=iterations, learning_rate=0.1, final_learning_rate_ratio=1.0, patience=10)
     return adam_descent([ParameterGroup([p], 0.1)], evaluate, settings), visited
 
 

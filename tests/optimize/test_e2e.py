@@ -27,9 +27,7 @@ from physmorph.surface import SurfaceConfig, bind_surface
 F64 = torch.float64
 SURFACE = SurfaceConfig(M=40, k_F=4, sigma0=0.3)
 RENDER = RenderSettings(opacity=0.8, backend="torch")
-SILHOUETTE_ONLY = RenderLossConfig(
-    w_alpha=1.0, w_depth=0.0, w_edge=0.0, w_cov_align=0.0, w_cov_reg=0.0, w_phys=0.0
-)
+SILHOUETTE_ONLY = RenderLossConfig(w_alpha=1.0, w_depth=0.0, w_edge=0.0, w_cov_align=0.0, w_cov_reg=0.0, w_phys=0.0)
 
 
 def _ball(center=(0.0, 0.0, 0.0), radius=1.1, spacing=0.5) -> torch.Tensor:
@@ -47,12 +45,8 @@ def _problem(positions, target, num_steps=3, grid=None) -> EpisodeProblem:
     volumes = grid_volume_estimate(positions, masses, grid)
     # smoothing 0: a control moves F fully, so the surface responds within a few steps
     model = Model(grid, material, lattice_volumes, volumes, smoothing=0.0)
-    target_mass = splat_mass(
-        target, material.density * torch.full((len(target),), 0.125, dtype=F64), grid
-    )
-    return EpisodeProblem(
-        model, State.at_rest(positions), target_mass, num_steps, 1, backend="torch"
-    )
+    target_mass = splat_mass(target, material.density * torch.full((len(target),), 0.125, dtype=F64), grid)
+    return EpisodeProblem(model, State.at_rest(positions), target_mass, num_steps, 1, backend="torch")
 
 
 def _camera(size=24, eye=(0.0, -8.0, 0.5), target=(0.0, 0.0, 0.0), focal=20.0) -> Cameras:
@@ -88,9 +82,7 @@ def test_silhouette_gradient_matches_finite_differences():
         return e2e_loss(problem, objective, controls, material).loss
 
     generator = torch.Generator().manual_seed(0)
-    controls = 0.05 * torch.randn(
-        problem.num_controls, len(source), 3, 3, generator=generator, dtype=F64
-    )
+    controls = 0.05 * torch.randn(problem.num_controls, len(source), 3, 3, generator=generator, dtype=F64)
     mu = torch.tensor(200.0, dtype=F64)
     controls.requires_grad_()
     mu.requires_grad_()
@@ -122,9 +114,7 @@ def test_one_step_moves_only_controls_that_reach_the_image():
     targets = target_images_from_particles(target, camera, SURFACE, RENDER)
     binding = _binding(source)
     settings = OptimizationConfig(iterations=1, learning_rate=1e-3)
-    result = optimize_e2e(
-        problem, binding, targets, SILHOUETTE_ONLY, settings, render_settings=RENDER
-    )
+    result = optimize_e2e(problem, binding, targets, SILHOUETTE_ONLY, settings, render_settings=RENDER)
     assert result.losses[1] < result.losses[0]
     moved = result.controls.abs().amax(dim=(0, 2, 3))
     assert (moved[: len(seen)] > 0).float().mean() > 0.9
@@ -180,9 +170,7 @@ def test_physics_only_matches_optimize_adam():
     targets = target_images_from_particles(target, _camera(), SURFACE, RENDER)
     settings = OptimizationConfig(iterations=3, learning_rate=0.02)
     physics_only = RenderLossConfig(enabled=False, w_phys=1.0)
-    e2e = optimize_e2e(
-        problem, _binding(source), targets, physics_only, settings, render_settings=RENDER
-    )
+    e2e = optimize_e2e(problem, _binding(source), targets, physics_only, settings, render_settings=RENDER)
     adam = optimize_adam(problem, settings)
     assert e2e.losses == pytest.approx(adam.losses, rel=1e-10)
     assert torch.allclose(e2e.controls, adam.controls)
@@ -196,16 +184,12 @@ def test_objective_input_errors():
     binding = _binding(source)
     F = problem.initial.deformation_gradients
     with pytest.raises(InputError, match="2 target image sets for 3 supervised steps"):
-        RenderObjective.build(
-            binding, [targets, targets], SILHOUETTE_ONLY, source, F, 3, (1, 2, -1)
-        )
+        RenderObjective.build(binding, [targets, targets], SILHOUETTE_ONLY, source, F, 3, (1, 2, -1))
     with pytest.raises(InputError, match="supervised step 7 is outside"):
         RenderObjective.build(binding, targets, SILHOUETTE_ONLY, source, F, 3, (7,))
     nothing = RenderLossConfig(enabled=False, w_phys=0.0)
     with pytest.raises(ConfigError, match="nothing to optimise"):
-        optimize_e2e(
-            problem, binding, targets, nothing, OptimizationConfig(), render_settings=RENDER
-        )
+        optimize_e2e(problem, binding, targets, nothing, OptimizationConfig(), render_settings=RENDER)
 
 
 def test_linear_schedule_starts_render_only_training_at_zero_weight():
@@ -214,9 +198,7 @@ def test_linear_schedule_starts_render_only_training_at_zero_weight():
     targets = target_images_from_particles(source * 1.2, _camera(), SURFACE, RENDER)
     scheduled = dataclasses.replace(SILHOUETTE_ONLY, schedule="linear")
     settings = OptimizationConfig(iterations=3, learning_rate=0.01, patience=3)
-    result = optimize_e2e(
-        problem, _binding(source), targets, scheduled, settings, render_settings=RENDER
-    )
+    result = optimize_e2e(problem, _binding(source), targets, scheduled, settings, render_settings=RENDER)
     # weight 0 at progress 0: the first step does not move; later steps improve the silhouette,
     # and the best iterate is judged with the full weights
     assert result.losses[1] == pytest.approx(result.losses[0], rel=1e-12)

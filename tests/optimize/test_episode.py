@@ -41,8 +41,17 @@ def test_reference_line_search_never_accepts_an_increase(problem):
 
 
 def test_chamfer_term_adds_the_weighted_distance_and_its_exact_gradient():
-    config = config_from_mapping({**SMALL, "optimization": {**SMALL["optimization"], "chamfer_weight": 300.0,
-                                                            "arrival_speed_weight": 0.0, "dtype": "float64"}})
+    config = config_from_mapping(
+        {
+            **SMALL,
+            "optimization": {
+                **SMALL["optimization"],
+                "chamfer_weight": 300.0,
+                "arrival_speed_weight": 0.0,
+                "dtype": "float64",
+            },
+        }
+    )
     setup = build_setup(config, torch.device("cpu"), torch.float64)
     with_chamfer = EpisodeProblem.of(setup, setup.initial, config.optimization)
     assert with_chamfer.chamfer_weight == 300.0 and with_chamfer.target_points is setup.target_points
@@ -63,7 +72,6 @@ def test_chamfer_term_adds_the_weighted_distance_and_its_exact_gradient():
         moved[entry] += sign * h
         shifted.append(with_chamfer.loss(with_chamfer.rollout(moved)).item())
     assert controls.grad[entry].item() == pytest.approx((shifted[0] - shifted[1]) / (2 * h), rel=1e-4, abs=1e-6)
-
 
 
 def test_release_steps_run_free_after_the_driven_steps_and_the_loss_sees_their_end(problem):

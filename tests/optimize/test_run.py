@@ -11,13 +11,18 @@ from physmorph.optimize.setup import build_setup
 
 
 def test_saved_state_reloads_bit_for_bit_with_its_plastic_strain(tmp_path):
-    config = config_from_mapping({
-        "source": {"shape": "sphere", "params": {"radius": 2.0}},
-        "target": {"shape": "capsule", "params": {"radius": 1.5, "length": 3.0}},
-        "simulation": {"grid_min_point": [-6, -6, -6], "grid_max_point": [6, 6, 6],
-                       "plasticity": {"model": "von_mises", "yield_stress": 200.0}},
-        "optimization": {"num_timesteps": 3, "release_steps": 2},
-    })
+    config = config_from_mapping(
+        {
+            "source": {"shape": "sphere", "params": {"radius": 2.0}},
+            "target": {"shape": "capsule", "params": {"radius": 1.5, "length": 3.0}},
+            "simulation": {
+                "grid_min_point": [-6, -6, -6],
+                "grid_max_point": [6, 6, 6],
+                "plasticity": {"model": "von_mises", "yield_stress": 200.0},
+            },
+            "optimization": {"num_timesteps": 3, "release_steps": 2},
+        }
+    )
     setup = build_setup(config, torch.device("cpu"))
     problem = EpisodeProblem.of(setup, setup.initial, config.optimization)
     controls = 0.05 * torch.randn(problem.zero_controls().shape, generator=torch.Generator().manual_seed(0))

@@ -116,9 +116,7 @@ def labelled_panels(
     count_rows, count_columns = len(rows), max(len(row) for row in rows)
     height, width = rows[0][0].shape[:2]
     label_px, title_px = 22, 30 if title else 0
-    figure = Figure(
-        figsize=(count_columns * width / 100, (count_rows * (height + label_px) + title_px) / 100), dpi=100
-    )
+    figure = Figure(figsize=(count_columns * width / 100, (count_rows * (height + label_px) + title_px) / 100), dpi=100)
     FigureCanvasAgg(figure)
     total_height = count_rows * (height + label_px) + title_px
     for r, (row, row_labels) in enumerate(zip(rows, labels)):
@@ -129,8 +127,9 @@ def labelled_panels(
             )
             axis.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
             axis.set_axis_off()
-            figure.text((c + 0.5) / count_columns, 1 - (top - 4) / total_height, label, ha="center", va="bottom",
-                        fontsize=9)
+            figure.text(
+                (c + 0.5) / count_columns, 1 - (top - 4) / total_height, label, ha="center", va="bottom", fontsize=9
+            )
     if title:
         figure.text(0.5, 1 - 6 / total_height, title, ha="center", va="top", fontsize=11, weight="bold")
     figure.canvas.draw()
@@ -188,4 +187,3 @@ def write_snapshots(
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     return Path(path)
-

@@ -63,9 +63,7 @@ def prepare_output_folder(path: str | os.PathLike[str], option: str = "--out") -
         probe.unlink()
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise InputError(
-            f"{option} '{folder}' cannot be written ({reason}); pass a folder you can write to"
-        ) from None
+        raise InputError(f"{option} '{folder}' cannot be written ({reason}); pass a folder you can write to") from None
     return folder
 
 

@@ -71,9 +71,7 @@ class TargetImages:
     def __len__(self) -> int:
         return len(self.cameras)
 
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> TargetImages:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TargetImages:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype)
 
@@ -103,9 +101,7 @@ def _world_to_camera(entry: dict[str, Any], where: str) -> torch.Tensor:
     if matrix is None or matrix.shape != (4, 4) or not torch.isfinite(matrix).all():
         raise InputError(f"{where}: 'world_to_camera' must be a 4x4 list of finite numbers (rows)")
     rotation = matrix[:3, :3]
-    orthonormal = torch.allclose(
-        rotation @ rotation.T, torch.eye(3, dtype=torch.float64), atol=1e-4
-    )
+    orthonormal = torch.allclose(rotation @ rotation.T, torch.eye(3, dtype=torch.float64), atol=1e-4)
     if not orthonormal or torch.linalg.det(rotation) <= 0:
         raise InputError(
             f"{where}: 'world_to_camera' must be a rigid transform (its 3x3 block a rotation); "
@@ -122,9 +118,7 @@ def _file(folder: Path, entry: dict[str, Any], key: str, where: str) -> Path:
         raise InputError(f"{where}: '{key}' must be a file name, got {name!r}")
     path = folder / name
     if not path.is_file():
-        raise InputError(
-            f"{where}: {key} file '{path}' does not exist; add it or fix the name in {CAMERAS_FILE}"
-        )
+        raise InputError(f"{where}: {key} file '{path}' does not exist; add it or fix the name in {CAMERAS_FILE}")
     return path
 
 
@@ -148,9 +142,7 @@ def _check_size(image: torch.Tensor, width: int, height: int, path: Path, where:
         )
 
 
-def _check_sees_box(
-    cameras: Cameras, box_min: Sequence[float], box_max: Sequence[float], names: list[str]
-) -> None:
+def _check_sees_box(cameras: Cameras, box_min: Sequence[float], box_max: Sequence[float], names: list[str]) -> None:
     """Raise InputError for a camera that has the scene box behind it or entirely off its image."""
     corners = torch.tensor(
         [
@@ -176,12 +168,7 @@ def _check_sees_box(
         if bool(in_front.all()):
             lower = pixels[index].min(0).values
             upper = pixels[index].max(0).values
-            off = bool(
-                (upper[0] < 0)
-                | (lower[0] > cameras.width)
-                | (upper[1] < 0)
-                | (lower[1] > cameras.height)
-            )
+            off = bool((upper[0] < 0) | (lower[0] > cameras.width) | (upper[1] < 0) | (lower[1] > cameras.height))
             if off:
                 raise InputError(
                     f"view '{name}': the scene box {list(box_min)}..{list(box_max)} projects "
@@ -205,8 +192,7 @@ def load_image_targets(
     manifest = folder / CAMERAS_FILE
     if not manifest.is_file():
         raise InputError(
-            f"image target folder '{folder}' has no {CAMERAS_FILE}; see physmorph.io.targets "
-            "for the format"
+            f"image target folder '{folder}' has no {CAMERAS_FILE}; see physmorph.io.targets for the format"
         )
     try:
         data = json.loads(manifest.read_text())
@@ -217,11 +203,7 @@ def load_image_targets(
         raise InputError(f"'{manifest}' needs a non-empty list 'images' of views")
     znear = _number(data, "znear", str(manifest), positive=True) if "znear" in data else 0.01
     zfar = _number(data, "zfar", str(manifest), positive=True) if "zfar" in data else 100.0
-    depth_scale = (
-        _number(data, "depth_scale", str(manifest), positive=True)
-        if "depth_scale" in data
-        else DEPTH_SCALE
-    )
+    depth_scale = _number(data, "depth_scale", str(manifest), positive=True) if "depth_scale" in data else DEPTH_SCALE
 
     names: list[str] = []
     viewmats, Ks, masks, depths, colours = [], [], [], [], []
@@ -232,20 +214,14 @@ def load_image_targets(
             raise InputError(f"{where} must be a mapping of view settings")
         missing = [key for key in _REQUIRED_KEYS if key not in entry]
         if missing:
-            raise InputError(
-                f"{where} lacks {', '.join(missing)}; every view needs {', '.join(_REQUIRED_KEYS)}"
-            )
+            raise InputError(f"{where} lacks {', '.join(missing)}; every view needs {', '.join(_REQUIRED_KEYS)}")
         name = str(entry["name"])
         if name in names:
             raise InputError(f"{where}: view name '{name}' is used twice; names must be unique")
         where = f"view '{name}' in '{manifest}'"
         width, height = entry["width"], entry["height"]
-        if not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)
-        ):
-            raise InputError(
-                f"{where}: width and height must be positive integers, got {width!r}, {height!r}"
-            )
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+            raise InputError(f"{where}: width and height must be positive integers, got {width!r}, {height!r}")
         if size is not None and (width, height) != size:
             raise InputError(
                 f"{where} is {width}x{height} but the first view is {size[0]}x{size[1]}; "
@@ -255,9 +231,7 @@ def load_image_targets(
         fx, fy = _number(entry, "fx", where, True), _number(entry, "fy", where, True)
         cx, cy = _number(entry, "cx", where), _number(entry, "cy", where)
         viewmats.append(_world_to_camera(entry, where))
-        Ks.append(
-            torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64)
-        )
+        Ks.append(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64))
         mask_path = _file(folder, entry, "mask", where)
         mask = _mask(mask_path, where)
         _check_size(mask, width, height, mask_path, where)
@@ -271,10 +245,7 @@ def load_image_targets(
             else:
                 image = read_png(path)
                 if image.ndim != 3 or image.shape[2] not in (3, 4):
-                    raise InputError(
-                        f"{where}: rgb file '{path}' is not a colour PNG "
-                        f"(shape {tuple(image.shape)})"
-                    )
+                    raise InputError(f"{where}: rgb file '{path}' is not a colour PNG (shape {tuple(image.shape)})")
                 image = image[..., :3]
             _check_size(image, width, height, path, where)
             store.append(image)
@@ -282,8 +253,7 @@ def load_image_targets(
     for key, store in (("depth", depths), ("rgb", colours)):
         if store and len(store) != len(names):
             raise InputError(
-                f"'{manifest}': {key} is given for {len(store)} of {len(names)} views; "
-                "give it for all or none"
+                f"'{manifest}': {key} is given for {len(store)} of {len(names)} views; give it for all or none"
             )
 
     try:
@@ -302,9 +272,7 @@ def load_image_targets(
     return targets.to(device=device, dtype=dtype)
 
 
-def save_image_targets(
-    folder: str | os.PathLike[str], targets: TargetImages, depth_scale: float = DEPTH_SCALE
-) -> Path:
+def save_image_targets(folder: str | os.PathLike[str], targets: TargetImages, depth_scale: float = DEPTH_SCALE) -> Path:
     """Write `targets` as a target folder (masks: alpha > 0.5); returns the cameras.json path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -107,8 +107,9 @@ def adam_descent(
     return outcome
 
 
-def _set_rates(optimizer: torch.optim.Optimizer, base_rates: list[float], settings: OptimizationConfig,
-               fraction: float) -> None:
+def _set_rates(
+    optimizer: torch.optim.Optimizer, base_rates: list[float], settings: OptimizationConfig, fraction: float
+) -> None:
     """Cosine decay of each group's rate from its base value to `final_learning_rate_ratio` of it."""
     ratio = settings.final_learning_rate_ratio
     cosine = 0.5 * (1 + math.cos(math.pi * fraction))

@@ -137,13 +137,15 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
     # morph.mp4 keeps every frame in memory until it is encoded
     video = config.e2e.video_size
     frames = settings.num_animations * settings.num_timesteps + 1
-    check_fits(render_bytes((2 * video, video), 1, frames), "the morph video", torch.device("cpu"),
-               "lower e2e.video_size")
+    check_fits(
+        render_bytes((2 * video, video), 1, frames), "the morph video", torch.device("cpu"), "lower e2e.video_size"
+    )
     summary = None
     if resume and paths.summary.exists():
         summary = read_summary(paths)
         changed = [
-            key for key in config_differences(summary["config"], config_to_mapping(config))
+            key
+            for key in config_differences(summary["config"], config_to_mapping(config))
             if key not in RESUMABLE_CHANGES
         ]
         if changed:
@@ -183,8 +185,10 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         visual_binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
     if progress and settings.backend != "torch" and supports_fused(state, setup.model):
         # otherwise the first progress step sits silent for as long as compilation takes
-        tqdm.write("fused GPU kernels: the first episode compiles them (about a minute on a new machine; "
-                   "Triton caches them for later runs)")
+        tqdm.write(
+            "fused GPU kernels: the first episode compiles them (about a minute on a new machine; "
+            "Triton caches them for later runs)"
+        )
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)
         problem = EpisodeProblem.of(setup, state, settings)

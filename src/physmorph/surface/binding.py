@@ -56,9 +56,7 @@ class SurfaceBinding:
         """N, the number of particles this binding expects."""
         return int(self.interpolation.shape[1])
 
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> SurfaceBinding:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SurfaceBinding:
         """A copy on `device` with floating-point tensors in `dtype` (indices stay int64)."""
         return replace(
             self,
@@ -104,9 +102,7 @@ def _weight_matrices(
     transpose_columns = torch.div(by_column, k, rounding_mode="floor")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support.*")
-        matrix = torch.sparse_csr_tensor(
-            row_starts, columns, values, (rows, particle_count), check_invariants=False
-        )
+        matrix = torch.sparse_csr_tensor(row_starts, columns, values, (rows, particle_count), check_invariants=False)
         transpose = torch.sparse_csr_tensor(
             column_starts,
             transpose_columns,

@@ -13,9 +13,7 @@ _GPU_BLOCK_ELEMENTS = 1 << 26
 
 
 @torch.no_grad()
-def nearest_neighbors(
-    queries: torch.Tensor, points: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest `points` of every query, nearest first.
 
     queries: [Q, 3], points: [P, 3] (same device). Returns (distances [Q, k] in the inputs'
@@ -40,9 +38,7 @@ def nearest_neighbors(
     all_distances, all_indices = [], []
     for start in range(0, queries.shape[0], chunk):
         block_queries = queries[start : start + chunk]
-        _, indices = torch.topk(
-            torch.cdist(block_queries, points), k, dim=1, largest=False, sorted=True
-        )
+        _, indices = torch.topk(torch.cdist(block_queries, points), k, dim=1, largest=False, sorted=True)
         # cdist's matrix-product form loses precision for close pairs; recompute exactly.
         distances = (points[indices] - block_queries[:, None, :]).norm(dim=-1)
         all_distances.append(distances)
