@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from physmorph.config import config_from_mapping
+from physmorph.io.run_folder import STATE_FILE
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult
 from physmorph.optimize.run import load_state, save_episode
 from physmorph.optimize.setup import build_setup
@@ -30,7 +31,7 @@ def test_saved_state_reloads_bit_for_bit_with_its_plastic_strain(tmp_path):
         trajectory = problem.rollout(controls)
     assert trajectory.num_steps == 5 and trajectory.final.plastic_strain.max() > 0
     save_episode(tmp_path / "ep000", EpisodeResult(controls, trajectory, [1.0]), setup, setup.initial, "episode 0")
-    loaded = load_state(tmp_path / "ep000", torch.device("cpu"))
+    loaded = load_state(tmp_path / "ep000" / STATE_FILE, torch.device("cpu"), setup.initial.num_particles)
     assert loaded.plastic_strain is not None
     for name, reloaded, saved in zip(("x", "v", "F", "C", "alpha"), loaded.tensors, trajectory.final.tensors):
         assert torch.equal(reloaded, saved), name
