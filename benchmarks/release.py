@@ -7,7 +7,8 @@ Each shape is morphed with the demo config's physics and optimiser (src/physmorp
 demo.yaml: von Mises plasticity and release steps); 'demo' is the demo's own ball → blob, 'bunny'
 and 'spot' start from the reference's isosphere (meshes from --meshes; a shape whose mesh is
 missing is reported and skipped). Variant 'config' keeps demo.yaml's settings, 'elastic' turns
-plasticity and the release phase off (the reference's behaviour). After the last episode the body
+plasticity and the release phase off and restores the default arrival-speed weight (the morph
+as it was before issue 16). After the last episode the body
 moves freely (no control) for --free-seconds; the table gives the Chamfer (grid units) at the end
 of the morph and after the free motion, and its relative change.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from physmorph.config import MorphConfig, PlasticityConfig, load_config
+from physmorph.config import MorphConfig, OptimizationConfig, PlasticityConfig, load_config
 from physmorph.geometry.config import ShapeConfig
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import simulate
@@ -43,6 +44,7 @@ def shape_config(shape: str, variant: str, meshes: Path, episodes: int) -> Morph
     if variant == "elastic":
         config.simulation.plasticity = PlasticityConfig()
         config.optimization.release_steps = 0
+        config.optimization.arrival_speed_weight = OptimizationConfig().arrival_speed_weight
     config.optimization.num_animations = episodes
     return config
 
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--free-seconds", type=float, default=2.0)
     parser.add_argument("--yield-stress", type=float, default=None, help="overrides demo.yaml's (config variant)")
     parser.add_argument("--release-steps", type=int, default=None, help="overrides demo.yaml's (config variant)")
+    parser.add_argument("--arrival-speed-weight", type=float, default=None, help="overrides demo.yaml's (config)")
     parser.add_argument("--device", default="cpu")
     arguments = parser.parse_args()
     device = torch.device(arguments.device)
@@ -64,8 +67,19 @@ def main() -> None:
         f"device: {name}; torch {torch.__version__}; {arguments.episodes} episodes, "
         f"then {arguments.free_seconds:g} s free"
     )
-    header = ("shape", "variant", "particles", "yield", "release", "morph s", "after morph", "after free", "change")
-    widths = (6, 8, 9, 7, 7, 8, 11, 10, 7)
+    header = (
+        "shape",
+        "variant",
+        "particles",
+        "yield",
+        "release",
+        "arrival w",
+        "morph s",
+        "after morph",
+        "after free",
+        "change",
+    )
+    widths = (6, 8, 9, 7, 7, 9, 8, 11, 10, 7)
     print(" | ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     for shape in arguments.shapes.split(","):
         for variant in arguments.variants.split(","):
@@ -77,6 +91,8 @@ def main() -> None:
                 config.simulation.plasticity.yield_stress = arguments.yield_stress
             if variant == "config" and arguments.release_steps is not None:
                 config.optimization.release_steps = arguments.release_steps
+            if variant == "config" and arguments.arrival_speed_weight is not None:
+                config.optimization.arrival_speed_weight = arguments.arrival_speed_weight
             settings = config.optimization
             setup = build_setup(config, device)
             state = setup.initial
@@ -99,6 +115,7 @@ def main() -> None:
                 setup.initial.num_particles,
                 yield_text,
                 settings.release_steps,
+                f"{settings.arrival_speed_weight:g}",
                 f"{seconds:.1f}",
                 f"{after_morph:.3f}",
                 f"{after_free:.3f}",
