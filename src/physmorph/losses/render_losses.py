@@ -14,6 +14,7 @@ from physmorph import batched
 from physmorph.errors import InputError
 from physmorph.losses.schedules import Schedule, schedule_factor
 from physmorph.render.cameras import Cameras
+from physmorph.render.rasterize import perspective_covariances
 from physmorph.settings import from_mapping, require
 from physmorph.surface.knn import nearest_neighbors
 
@@ -223,23 +224,15 @@ def project_covariances(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixel centres [C, M, 2], camera depths [C, M] and 2D covariances J W Σ Wᵀ Jᵀ [C, M, 2, 2]
     (px², without the renderer's low-pass term) of Gaussians (means [M, 3], covariances
-    [M, 3, 3]) in each camera; J is the perspective Jacobian at the centre."""
+    [M, 3, 3]) in each camera: the renderer's projection (`perspective_covariances`)."""
     cameras = cameras.to(device=means.device, dtype=means.dtype)
     rotation = cameras.viewmats[:, :3, :3]
     points = means @ rotation.transpose(-1, -2) + cameras.viewmats[:, None, :3, 3]
     x, y, z = points.unbind(-1)
     fx, fy = cameras.Ks[:, 0, 0, None], cameras.Ks[:, 1, 1, None]
     cx, cy = cameras.Ks[:, 0, 2, None], cameras.Ks[:, 1, 2, None]
-    zero = torch.zeros_like(z)
-    jacobian = torch.stack(
-        (
-            torch.stack((fx / z, zero, -fx * x / z**2), -1),
-            torch.stack((zero, fy / z, -fy * y / z**2), -1),
-        ),
-        -2,
-    )
-    transform = jacobian @ rotation[:, None]
-    covariances2d = transform @ covariances @ transform.transpose(-1, -2)
+    camera_covariances = rotation[:, None] @ covariances @ rotation[:, None].transpose(-1, -2)
+    covariances2d = perspective_covariances(points, camera_covariances, cameras.Ks, cameras.width, cameras.height)
     pixels = torch.stack((fx * x / z + cx, fy * y / z + cy), -1)
     return pixels, z, covariances2d
 

@@ -33,6 +33,31 @@ class Projection:
     radii: torch.Tensor
 
 
+def perspective_covariances(
+    camera_means: torch.Tensor, camera_covariances: torch.Tensor, K: torch.Tensor, width: int, height: int
+) -> torch.Tensor:
+    """EWA image-plane covariances J Σ_cam Jᵀ [..., M, 2, 2] (px², no low-pass term) of Gaussians with
+    camera-frame centres [..., M, 3] and covariances [..., M, 3, 3] seen through intrinsics K
+    [..., 3, 3]; J is the perspective Jacobian at the centre, its x/z and y/z clamped to 1.3× the
+    field of view as gsplat does (keeps footprints near and beyond the image edge bounded)."""
+    x, y, z = camera_means.unbind(-1)
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]
+    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
+    margin_x = 0.3 * 0.5 * width / fx
+    margin_y = 0.3 * 0.5 * height / fy
+    tx = z * torch.minimum(torch.maximum(x / z, -(cx / fx + margin_x)), (width - cx) / fx + margin_x)
+    ty = z * torch.minimum(torch.maximum(y / z, -(cy / fy + margin_y)), (height - cy) / fy + margin_y)
+    zero = torch.zeros_like(z)
+    jacobian = torch.stack(
+        [
+            torch.stack([fx / z, zero, -fx * tx / z**2], -1),
+            torch.stack([zero, fy / z, -fy * ty / z**2], -1),
+        ],
+        -2,
+    )
+    return jacobian @ camera_covariances @ jacobian.transpose(-1, -2)
+
+
 def project_gaussians(
     means: torch.Tensor,
     covariances: torch.Tensor,
@@ -59,20 +84,7 @@ def project_gaussians(
     camera_means = camera_means[ids]
     x, y, z = camera_means.unbind(-1)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    margin_x = 0.3 * 0.5 * width / fx
-    margin_y = 0.3 * 0.5 * height / fy
-    tx = z * torch.clamp(x / z, -(cx / fx + margin_x), (width - cx) / fx + margin_x)
-    ty = z * torch.clamp(y / z, -(cy / fy + margin_y), (height - cy) / fy + margin_y)
-    zero = torch.zeros_like(z)
-    jacobian = torch.stack(
-        [
-            torch.stack([fx / z, zero, -fx * tx / z**2], -1),
-            torch.stack([zero, fy / z, -fy * ty / z**2], -1),
-        ],
-        -2,
-    )
-    camera_cov = rotation @ covariances[ids] @ rotation.T
-    cov2d = jacobian @ camera_cov @ jacobian.transpose(-1, -2)
+    cov2d = perspective_covariances(camera_means, rotation @ covariances[ids] @ rotation.T, K, width, height)
     a = cov2d[:, 0, 0] + LOW_PASS
     b = 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0])
     c = cov2d[:, 1, 1] + LOW_PASS

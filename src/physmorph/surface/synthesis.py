@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from physmorph.errors import InputError
+from physmorph.mpm.materials import cofactor
 from physmorph.surface.binding import SurfaceBinding, _check_state, bind_surface
 from physmorph.surface.config import SurfaceConfig
 from physmorph.surface.gaussians import Gaussians
@@ -34,15 +35,6 @@ class _SparseRows(torch.autograd.Function):
         matrix, transpose = ctx.matrices
         # Applying the (linear) function again keeps higher derivatives available.
         return _SparseRows.apply(grad_output.contiguous(), transpose, matrix), None, None
-
-
-def _cofactor(F: torch.Tensor) -> torch.Tensor:
-    """cof F = det(F) F⁻ᵀ for F [..., 3, 3], from cross products of F's columns (no inverse)."""
-    c0, c1, c2 = F[..., :, 0], F[..., :, 1], F[..., :, 2]
-    return torch.stack(
-        (torch.linalg.cross(c1, c2), torch.linalg.cross(c2, c0), torch.linalg.cross(c0, c1)),
-        dim=-1,
-    )
 
 
 def synthesize_surface(
@@ -88,7 +80,7 @@ def synthesize_surface(
     across = N[:, :, None] * N[:, None, :]
     rest = (tangent**2)[:, None, None] * (eye - across) + (normal_scale**2)[:, None, None] * across
     covariances = F_mean @ rest @ F_mean.transpose(1, 2) + _SPD_EPSILON * (tangent**2)[:, None, None] * eye
-    normals = (_cofactor(F_mean) @ binding.material_normals[:, :, None])[:, :, 0]
+    normals = (cofactor(F_mean) @ binding.material_normals[:, :, None])[:, :, 0]
     normals = normals / normals.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
     return Gaussians(means=means, covariances=covariances, normals=normals)
 
