@@ -232,6 +232,7 @@ class E2EConfig:
     targets: Literal["mesh", "particles"] = "mesh"  # target views ray cast from the mesh, or Gaussians of its particles
     supervised_steps: list[int] = field(default_factory=lambda: [-1])  # trajectory indices, −1 = last
     material: Literal["none", "lame", "youngs"] = "none"  # also optimise material parameters
+    surface_parameters: bool = False  # also train the surfels' size and flatness (σ0 and thickness)
     opacity: float = 1.0  # peak opacity of every Gaussian
     render_backend: Literal["auto", "torch", "gsplat"] = "auto"
     video_size: int = 320  # pixels of the orbit-camera morph video

@@ -10,7 +10,7 @@ import torch
 
 from physmorph.config import OptimizationConfig
 from physmorph.errors import ConfigError, InputError
-from physmorph.io.targets import load_image_targets, save_image_targets
+from physmorph.io.targets import TargetImages, load_image_targets, save_image_targets
 from physmorph.losses.render_losses import RenderLossConfig
 from physmorph.mpm import Grid, Material, Model, State, grid_volume_estimate, splat_mass
 from physmorph.optimize.e2e import (
@@ -18,6 +18,7 @@ from physmorph.optimize.e2e import (
     RenderSettings,
     e2e_loss,
     optimize_e2e,
+    render_state,
     target_images_from_particles,
 )
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam
@@ -205,3 +206,24 @@ def test_linear_schedule_starts_render_only_training_at_zero_weight():
     assert result.losses[-1] < result.losses[0]
     assert result.loss_after == result.losses[-1]
     assert result.controls.abs().max() > 0
+
+
+def test_surface_parameters_learn_the_surfel_size_of_the_targets():
+    torch.set_num_threads(1)
+    source = _ball()
+    problem = _problem(source, source)
+    binding = _binding(source)
+    # The targets are the same body drawn with surfels 1.6 times as large.
+    larger = dataclasses.replace(RENDER, surface_scale=1.6)
+    F = problem.initial.deformation_gradients
+    _, images = render_state(source, F, binding, _camera(), larger)
+    targets = TargetImages(_camera(), images.alpha, images.depth, None, ["view000"])
+    settings = OptimizationConfig(iterations=12, learning_rate=1e-6, patience=12)
+    result = optimize_e2e(
+        problem, binding, targets, SILHOUETTE_ONLY, settings, render_settings=RENDER, surface_parameters=True
+    )
+    assert result.surface is not None
+    assert result.surface["scale"] > 1.2  # moved from 1 toward 1.6
+    assert 0.0 < result.surface["flatness"] < 1.0
+    plain = optimize_e2e(problem, binding, targets, SILHOUETTE_ONLY, settings, render_settings=RENDER)
+    assert plain.surface is None

@@ -56,11 +56,15 @@ class RenderSettings:
     config:  background, albedo and lighting (flat albedo when its lighting model is 'flat')
     opacity: peak opacity of every Gaussian, (0, 1]
     backend: 'auto', 'torch' or 'gsplat' (see physmorph.render.render)
+    surface_scale, surface_flatness: the surfels' size factor and σ_n / σ_t (None: the
+             binding's), floats or tensors that may require grad (see synthesize_surface)
     """
 
     config: RenderConfig = field(default_factory=RenderConfig)
     opacity: float = 1.0
     backend: Backend = "auto"
+    surface_scale: torch.Tensor | float = 1.0
+    surface_flatness: torch.Tensor | float | None = None
 
 
 def render_state(
@@ -72,7 +76,10 @@ def render_state(
 ) -> tuple[Gaussians, Images]:
     """Gaussians of a particle state (positions [N, 3], F [N, 3, 3]) and their images."""
     settings = settings or RenderSettings()
-    gaussians = synthesize_surface(positions, deformation_gradients, binding)
+    flatness = settings.surface_flatness
+    if flatness is not None:
+        flatness = torch.as_tensor(flatness, dtype=positions.dtype, device=positions.device)
+    gaussians = synthesize_surface(positions, deformation_gradients, binding, settings.surface_scale, flatness)
     lighting = settings.config.lighting
     images = render(
         gaussians,
@@ -267,6 +274,7 @@ class E2EResult:
     terms:   unweighted loss terms per iteration ('phys' and the render terms)
     metrics: per supervised step, per-view 'iou' (and 'psnr' when targets have colour) of the result
     divergences: evaluations that gave no finite objective
+    surface: the learned surfel 'scale' and 'flatness' (e2e.surface_parameters), else None
     """
 
     controls: torch.Tensor
@@ -276,6 +284,7 @@ class E2EResult:
     terms: list[dict[str, float]] = field(default_factory=list)
     metrics: list[dict[str, list[float]]] = field(default_factory=list)
     divergences: list[Divergence] = field(default_factory=list)
+    surface: dict[str, float] | None = None
 
     @property
     def loss_before(self) -> float:
@@ -359,6 +368,7 @@ def optimize_e2e(
     render_settings: RenderSettings | None = None,
     material: MaterialParameters = "none",
     material_learning_rate: float = 0.05,
+    surface_parameters: bool = False,
     progress: Progress | None = None,
 ) -> E2EResult:
     """Adam on all controls of the episode (and optionally the material) against
@@ -369,7 +379,8 @@ def optimize_e2e(
     binding: surface bound to `problem.initial`'s particles. targets: one TargetImages for all
     `supervised_steps` (trajectory indices, −1 = last) or one per step. material: 'lame' also
     optimises log λ, log μ; 'youngs' log E and ν (kept in (−1, 0.5)); their learning rate is
-    `material_learning_rate` (log units). The loop is physmorph.optimize.adam's (cosine decay,
+    `material_learning_rate` (log units). surface_parameters: also trains the surfels' log
+    size and flatness logit (learned values in E2EResult.surface). The loop is physmorph.optimize.adam's (cosine decay,
     early stop after `settings.patience` iterations without improvement, halved steps after a
     diverged rollout); the best iterate is kept. With losses.enabled false or all render
     weights 0 this is physics-only; w_phys = 0 is render-only.
@@ -395,19 +406,25 @@ def optimize_e2e(
     groups = [ParameterGroup([controls], settings.learning_rate)]
     if material_parameters:
         groups.append(ParameterGroup(material_parameters, material_learning_rate))
+    surface_leaves = _surface_parameters(binding, controls) if surface_parameters else []
+    if surface_leaves:
+        groups.append(ParameterGroup(surface_leaves, SURFACE_LEARNING_RATE))
+    base_settings = objective.settings
+    trained = [controls, *material_parameters, *surface_leaves]
     term_history: list[dict[str, float]] = []
     start: tuple[float, float] | None = None  # objective parts at the episode's start
 
     def evaluate(iteration: int, fraction: float) -> tuple[torch.Tensor, float]:
         nonlocal start
         term_history.append({})  # stays empty when the rollout diverges
+        objective.settings = _with_surface(base_settings, surface_leaves)
         evaluation = e2e_loss(
             problem,
             objective,
             controls,
             _material(base_material, material, material_parameters),
             fraction,
-            [controls, *material_parameters],
+            trained,
         )
         value = evaluation.objective.item()
         if losses.render_gradient_ratio is not None and losses.w_phys > 0 and any(losses.weights(1.0).values()):
@@ -419,7 +436,11 @@ def optimize_e2e(
     outcome = adam_descent(groups, evaluate, settings, progress)
     best, history = outcome.best, outcome.losses
 
-    best_controls, best_material = best[0], _material(base_material, material, best[1:])
+    material_count = len(material_parameters)
+    best_controls = best[0]
+    best_material = _material(base_material, material, best[1 : 1 + material_count])
+    best_surface = best[1 + material_count :]
+    objective.settings = _with_surface(base_settings, best_surface)
     with torch.no_grad():
         final = e2e_loss(problem, objective, best_controls, best_material)
     metrics = [view_metrics(images, target) for images, target in zip(final.images, objective.targets)]
@@ -430,6 +451,34 @@ def optimize_e2e(
             base_material.density,
             base_material.model,
         )
+    surface = None
+    if best_surface:
+        learned = _with_surface(base_settings, best_surface)
+        surface = {"scale": float(learned.surface_scale), "flatness": float(learned.surface_flatness)}
     return E2EResult(
-        best_controls, best_material, final.trajectory, history, term_history, metrics, outcome.divergences
+        best_controls,
+        best_material,
+        final.trajectory,
+        history,
+        term_history,
+        metrics,
+        outcome.divergences,
+        surface,
     )
+
+
+SURFACE_LEARNING_RATE = 0.05  # Adam step of the surfels' log size and flatness logit
+
+
+def _surface_parameters(binding: SurfaceBinding, like: torch.Tensor) -> list[torch.Tensor]:
+    """Unconstrained leaves (log scale, logit flatness) starting at the binding's surfels."""
+    flatness = (binding.normal_scales[0] / binding.tangent_scales[0]).to(like).clamp(1e-3, 1 - 1e-3)
+    log_scale = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
+    return [log_scale, torch.logit(flatness).detach().requires_grad_()]
+
+
+def _with_surface(settings: RenderSettings, leaves: Sequence[torch.Tensor]) -> RenderSettings:
+    """`settings` rendering surfels of size exp(leaves[0]) and flatness sigmoid(leaves[1])."""
+    if not leaves:
+        return settings
+    return dataclasses.replace(settings, surface_scale=leaves[0].exp(), surface_flatness=torch.sigmoid(leaves[1]))

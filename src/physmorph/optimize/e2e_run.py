@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,16 +152,22 @@ def run_e2e_episode(
         supervised_steps=config.e2e.supervised_steps,
         render_settings=context.settings,
         material=config.e2e.material,
+        surface_parameters=config.e2e.surface_parameters,
         progress=progress,
     )
     final = result.trajectory.final
+    settings = context.settings
+    if result.surface is not None:  # the episode's renders show the learned surfels
+        settings = dataclasses.replace(
+            settings, surface_scale=result.surface["scale"], surface_flatness=result.surface["flatness"]
+        )
     views, evaluations = [], []
     for split, targets in (("train", context.train), ("heldout", context.heldout)):
         if targets is None:
             continue
         with torch.no_grad():
             gaussians, images = render_state(
-                final.positions, final.deformation_gradients, binding, targets.cameras, context.settings
+                final.positions, final.deformation_gradients, binding, targets.cameras, settings
             )
         iou = silhouette_iou(images.alpha, targets.alpha.to(images.alpha)).tolist()
         colour = psnr(images.rgb, targets.rgb.to(images.rgb)).tolist() if targets.rgb is not None else None
@@ -173,6 +180,8 @@ def run_e2e_episode(
         "render_terms": result.terms[best] if result.terms else {},
         "objective_history": [v if v == v and abs(v) != float("inf") else None for v in result.losses],
     }
+    if result.surface is not None:
+        record["surface"] = result.surface
     if result.material is not None and config.e2e.material != "none":
         record["material"] = {"lam": float(result.material.lam), "mu": float(result.material.mu)}
 
