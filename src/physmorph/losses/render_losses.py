@@ -91,6 +91,12 @@ class RenderLossConfig:
             f"must be positive (grid units), got {self.target_cov_scale}",
         )
 
+    @property
+    def balanced(self) -> bool:
+        """Whether the render gradient is balanced against the physics gradient: a ratio is set
+        and both a physics term and a render term are on."""
+        return self.render_gradient_ratio is not None and self.w_phys > 0 and any(self.weights(1.0).values())
+
     def weights(self, progress: float) -> dict[str, float]:
         """Render-term weights at training `progress` ∈ [0, 1] (all 0 when disabled)."""
         factor = schedule_factor(self.schedule, progress) if self.enabled else 0.0

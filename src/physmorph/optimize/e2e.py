@@ -80,12 +80,11 @@ def render_state(
     if flatness is not None:
         flatness = torch.as_tensor(flatness, dtype=positions.dtype, device=positions.device)
     gaussians = synthesize_surface(positions, deformation_gradients, binding, settings.surface_scale, flatness)
-    lighting = settings.config.lighting
     images = render(
         gaussians,
         cameras,
         background=settings.config.bg,
-        shading=None if lighting.model == "flat" else lighting,
+        shading=settings.config.lighting,  # a 'flat' model gives the albedo
         default_color=settings.config.particle_color,
         default_opacity=settings.opacity,
         backend=settings.backend,
@@ -344,15 +343,18 @@ def e2e_loss(
     zero = torch.zeros((), dtype=controls.dtype, device=controls.device)
     loss = sum((scheduled[name] * term for name, term in terms.items()), zero)
     unscheduled = sum((full[name] * term.detach() for name, term in terms.items()), zero)
-    ratio = losses.render_gradient_ratio
     physics = terms.get("phys")
-    if ratio is not None and parameters is not None and physics is not None and loss.requires_grad:
+    if losses.balanced and parameters is not None and loss.requires_grad:
         render_part = sum((scheduled[name] * term for name, term in terms.items() if name != "phys"), zero)
         if render_part.requires_grad:
             loss = balanced_surrogate(
-                losses.w_phys * physics, render_part, list(parameters), ratio, losses.drop_conflicting_gradient
+                losses.w_phys * physics,
+                render_part,
+                list(parameters),
+                losses.render_gradient_ratio,
+                losses.drop_conflicting_gradient,
             )
-    physics_part = float(full["phys"] * terms["phys"].detach()) if physics is not None else 0.0
+    physics_part = float(full["phys"] * physics.detach()) if physics is not None else 0.0
     parts = (physics_part, float(unscheduled) - physics_part)
     return E2EEvaluation(loss, unscheduled, terms, trajectory, images, parts)
 
@@ -427,7 +429,7 @@ def optimize_e2e(
             trained,
         )
         value = evaluation.objective.item()
-        if losses.render_gradient_ratio is not None and losses.w_phys > 0 and any(losses.weights(1.0).values()):
+        if losses.balanced:
             start = start or evaluation.parts
             value = balanced_objective(*evaluation.parts, start, losses.render_gradient_ratio)
         term_history[-1] = {name: float(term.detach()) for name, term in evaluation.terms.items()}

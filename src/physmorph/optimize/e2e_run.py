@@ -20,6 +20,7 @@ from physmorph.optimize.e2e import E2EResult, RenderSettings, optimize_e2e, rend
 from physmorph.optimize.episode import EpisodeProblem, Progress
 from physmorph.optimize.setup import MorphSetup
 from physmorph.optimize.views import (
+    mesh_images,
     render_settings,
     side_by_side,
     split_targets,
@@ -27,7 +28,7 @@ from physmorph.optimize.views import (
     write_gaussians,
     write_view_images,
 )
-from physmorph.render import concatenate, raycast_mesh
+from physmorph.render import concatenate
 from physmorph.surface import SurfaceBinding, bind_surface
 
 
@@ -47,14 +48,7 @@ class MeshViews:
         points = setup.target_points
         train_cameras, heldout_cameras = train_and_heldout_cameras(config.e2e, points)
         cameras = train_cameras if heldout_cameras is None else concatenate([train_cameras, heldout_cameras])
-        lighting = config.render.lighting
-        truth = raycast_mesh(
-            build_shape(config.target, config.base_dir),
-            cameras,
-            shading=None if lighting.model == "flat" else lighting,
-            color=config.render.particle_color,
-            background=config.render.bg,
-        )
+        truth = mesh_images(build_shape(config.target, config.base_dir), cameras, config.render)
         if not bool((truth.alpha > 0.5).flatten(1).any(dim=1).all()):
             raise ConfigError(
                 "a camera of the e2e section sees nothing of the target mesh; check e2e.orbit_radius, "
@@ -62,12 +56,11 @@ class MeshViews:
             )
         names = [f"train{i:02d}" for i in range(len(train_cameras))]
         names += [f"heldout{i:02d}" for i in range(len(cameras) - len(train_cameras))]
-        like = points
         targets = TargetImages(
-            cameras.to(like.device, like.dtype),
-            truth.alpha.to(like),
-            truth.depth.to(like),
-            truth.rgb.to(like),
+            cameras.to(points.device, points.dtype),
+            truth.alpha.to(points),
+            truth.depth.to(points),
+            truth.rgb.to(points),
             names,
         )
         train, heldout = split_targets(targets, len(train_cameras))

@@ -43,9 +43,8 @@ from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, 
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
 from physmorph.optimize.memory import check_fits, render_bytes
 from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
-from physmorph.optimize.views import render_frames, render_settings, turntable
-from physmorph.render import raycast_mesh
-from physmorph.surface import bind_surface
+from physmorph.optimize.views import mesh_images, render_frames, render_settings, turntable
+from physmorph.surface import SurfaceBinding, bind_surface
 
 # keys that may change between a run and its --resume: more episodes, another output folder,
 # another device (results then agree to round-off, not bit for bit)
@@ -179,10 +178,11 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
     optimizer = optimize_adam if settings.optimizer == "adam" else optimize_reference
     mesh_views = MeshViews.build(config, setup)
     context = E2EContext.build(config, setup, mesh_views) if config.mode == "e2e" else None
+    # one surface, bound to the undeformed source, for the metric, the video and e2e training
     if context is not None:
-        visual_binding = context.binding
-    elif mesh_views is not None:
-        visual_binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
+        binding = context.binding
+    else:
+        binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
     if progress and settings.backend != "torch" and supports_fused(state, setup.model):
         # otherwise the first progress step sits silent for as long as compilation takes
         tqdm.write(
@@ -213,7 +213,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         history = [value if math.isfinite(value) else None for value in result.losses]
         record.update({"seconds": seconds, "loss_history": history, **additions})
         if mesh_views is not None:
-            record["mesh_iou"] = mesh_views.iou(result.trajectory.final, visual_binding, render_settings(config))
+            record["mesh_iou"] = mesh_views.iou(result.trajectory.final, binding, render_settings(config))
         record["divergences"] = [divergence.as_record() for divergence in result.divergences]
         for divergence in result.divergences:
             warnings.warn(
@@ -230,7 +230,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         write_json(paths.summary, summary)
         final = result.trajectory.final
         state = final.detach()
-    write_run_media(paths, summary, setup, config)
+    write_run_media(paths, summary, setup, config, binding)
     return summary
 
 
@@ -267,10 +267,13 @@ def episode_metrics(problem: EpisodeProblem, result: EpisodeResult | E2EResult, 
     }
 
 
-def write_run_media(paths: RunPaths, summary: dict[str, Any], setup: MorphSetup, config: MorphConfig) -> None:
+def write_run_media(
+    paths: RunPaths, summary: dict[str, Any], setup: MorphSetup, config: MorphConfig, binding: SurfaceBinding
+) -> None:
     """loss.png and the animation across all episodes (.mp4, or .gif without ffmpeg): morph.mp4,
     the shaded Gaussians from a camera circling the morph beside the target mesh from the same
-    camera, and for physics runs also particles.mp4, the particles beside the target's."""
+    camera (surfels of `binding`, bound to the undeformed source), and for physics runs also
+    particles.mp4, the particles beside the target's."""
     episodes = summary["episodes"]
     write_loss_curves(paths.root / "loss.png", episodes)
     trajectories = [read_trajectory(paths.trajectory(record["episode"])) for record in episodes]
@@ -279,7 +282,7 @@ def write_run_media(paths: RunPaths, summary: dict[str, Any], setup: MorphSetup,
         first = 0 if not captions else 1  # each episode starts where the previous one ended
         captions += [(record["episode"], step) for step in range(first, len(trajectory["x"]))]
     target_mesh = None if setup.target_points is None else build_shape(config.target, config.base_dir)
-    images = gaussian_video_frames(trajectories, captions, config, setup.initial.positions, target_mesh)
+    images = gaussian_video_frames(trajectories, captions, config, binding, setup.initial.positions, target_mesh)
     write_video(paths.root / "morph.mp4", images, fps=8)
     if config.mode != "e2e" and setup.target_points is not None:
         frames = []
@@ -293,6 +296,7 @@ def gaussian_video_frames(
     trajectories: list[Any],
     captions: list[tuple[int, int]],
     config: MorphConfig,
+    binding: SurfaceBinding,
     like: torch.Tensor,
     target_mesh: trimesh.Trimesh | None,
 ) -> list[np.ndarray]:
@@ -306,25 +310,17 @@ def gaussian_video_frames(
         framed.append(torch.as_tensor(target_mesh.vertices).to(like))
     cameras = turntable(config.e2e, torch.cat(framed), max(steps, 1), config.e2e.video_size)
     settings, renders = render_settings(config), []
-    binding = None  # bound to the first episode's first (undeformed) state, then reused
     for index, (trajectory, x) in enumerate(zip(trajectories, positions)):
         F = torch.from_numpy(trajectory["F"]).to(like)
         first = 0 if index == 0 else 1
         start = len(renders)
-        frames, binding = render_frames(
+        frames, _ = render_frames(
             x[first:], F[first:], config.surface, cameras[start : start + len(x) - first], settings, binding
         )
         renders += [frame.rgb[0].clamp(0, 1).cpu().float().numpy() for frame in frames]
     truth = None
     if target_mesh is not None:
-        lighting = config.render.lighting
-        truth = raycast_mesh(
-            target_mesh,
-            cameras,
-            shading=None if lighting.model == "flat" else lighting,
-            color=config.render.particle_color,
-            background=config.render.bg,
-        ).rgb.numpy()
+        truth = mesh_images(target_mesh, cameras, config.render).rgb.numpy()
     images = []
     for index, ((episode, step), render) in enumerate(zip(captions, renders)):
         row, labels = [render], ["physmorph (Gaussians)"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from physmorph.config import E2EConfig, MorphConfig
 from physmorph.io.figures import labelled_panels
@@ -16,7 +17,7 @@ from physmorph.io.ply import write_gaussians_ply
 from physmorph.io.targets import TargetImages
 from physmorph.losses.render_losses import silhouette_iou
 from physmorph.optimize.e2e import RenderSettings, render_state
-from physmorph.render import Cameras, Images, intrinsics_from_fov, orbit_cameras
+from physmorph.render import Cameras, Images, RenderConfig, intrinsics_from_fov, orbit_cameras, raycast_mesh
 from physmorph.surface import Gaussians, SurfaceBinding, SurfaceConfig, bind_surface
 
 FIT_MARGIN = 1.2  # the object's bounding sphere fills 1/FIT_MARGIN of the field of view
@@ -139,6 +140,11 @@ def render_frames(
             _, images = render_state(positions[t], deformation_gradients[t], binding, camera, settings)
             frames.append(images)
     return frames, binding
+
+
+def mesh_images(mesh: trimesh.Trimesh, cameras: Cameras, render: RenderConfig) -> Images:
+    """Ray-cast images of `mesh` shaded, coloured and backed like the Gaussian renders of `render`."""
+    return raycast_mesh(mesh, cameras, shading=render.lighting, color=render.particle_color, background=render.bg)
 
 
 def turntable(settings: E2EConfig, points: torch.Tensor, frames: int, size: int) -> Cameras:

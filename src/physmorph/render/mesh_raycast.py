@@ -48,11 +48,9 @@ def _camera_rays(cameras: Cameras, index: int, samples: int) -> tuple[np.ndarray
     vv, uu = torch.meshgrid(v, u, indexing="ij")
     pixels = torch.stack((uu, vv, torch.ones_like(uu)), dim=-1)
     directions_camera = pixels @ torch.linalg.inv(K).T
-    rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
-    directions = directions_camera @ rotation
+    directions = directions_camera @ viewmat[:3, :3]
     directions = directions / directions.norm(dim=-1, keepdim=True)
-    origin = -(rotation.T @ translation)
-    return origin.numpy(), directions.numpy()
+    return cameras.positions[index].detach().double().cpu().numpy(), directions.numpy()
 
 
 def raycast_mesh(

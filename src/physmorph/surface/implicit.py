@@ -38,17 +38,10 @@ class ImplicitSurface:
 
     def _interpolate(self, points: torch.Tensor) -> torch.Tensor:
         """Trilinear interpolation [P, 5] of the node fields at `points` [P, 3] (clamped to the grid)."""
-        size = torch.tensor(self.shape, device=points.device)
-        strides = torch.tensor([self.shape[1] * self.shape[2], self.shape[2], 1], device=points.device)
         local = (points.to(self.fields.dtype) - self.origin) / self.cell
-        base = local.floor().clamp(torch.zeros_like(size), size - 2).long()
-        fraction = (local - base).clamp(0.0, 1.0)
-        flat = (base * strides).sum(dim=1)
         result = torch.zeros(points.shape[0], self.fields.shape[1], dtype=self.fields.dtype, device=points.device)
-        for corner in _CORNERS:
-            offset = torch.tensor(corner, device=points.device)
-            weight = torch.where(offset.bool(), fraction, 1.0 - fraction).prod(dim=1)
-            result += weight[:, None] * self.fields[flat + int((offset * strides).sum())]
+        for index, weight in _trilinear_stencil(local, self.shape):
+            result += weight[:, None] * self.fields[index]
         return result
 
     def evaluate(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +102,22 @@ def _unit(vectors: torch.Tensor) -> torch.Tensor:
 _CORNERS = tuple(((c >> 2) & 1, (c >> 1) & 1, c & 1) for c in range(8))
 
 
+def _trilinear_stencil(local: torch.Tensor, shape: tuple[int, int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The 8 (flat node index [P], trilinear weight [P]) pairs of points at grid coordinates
+    `local` [P, 3] on a node grid of `shape` (points outside are clamped to its boundary cells)."""
+    size = torch.tensor(shape, device=local.device)
+    strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=local.device)
+    base = local.floor().clamp(torch.zeros_like(size), size - 2).long()
+    fraction = (local - base).clamp(0.0, 1.0)
+    flat = (base * strides).sum(dim=1)
+    stencil = []
+    for corner in _CORNERS:
+        offset = torch.tensor(corner, device=local.device)
+        weight = torch.where(offset.bool(), fraction, 1.0 - fraction).prod(dim=1)
+        stencil.append((flat + int((offset * strides).sum()), weight))
+    return stencil
+
+
 def _max_filter(volume: torch.Tensor, window: int) -> torch.Tensor:
     """Maximum [X, Y, Z] over a cube of `window` nodes per side (separable, three 1D passes)."""
     work = volume[None, None]
@@ -153,17 +162,11 @@ def implicit_surface(
     pad = 4.0 * blur + 2.0 * spacing
     origin = x.min(dim=0).values - pad
     shape = torch.ceil((x.max(dim=0).values + pad - origin) / cell).long() + 1
-    local = (x - origin) / cell
-    base = local.floor().long()
-    fraction = local - base
-    occupancy = torch.zeros(int(shape.prod()), dtype=dtype, device=x.device)
-    strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=x.device)
-    density = volumes.to(dtype) / cell**3
-    for corner in _CORNERS:
-        offset = torch.tensor(corner, device=x.device)
-        weight = torch.where(offset.bool(), fraction, 1.0 - fraction).prod(dim=1)
-        occupancy.index_add_(0, ((base + offset) * strides).sum(dim=1), weight * density)
     grid_shape = tuple(int(s) for s in shape)
+    occupancy = torch.zeros(int(shape.prod()), dtype=dtype, device=x.device)
+    density = volumes.to(dtype) / cell**3
+    for index, weight in _trilinear_stencil((x - origin) / cell, grid_shape):
+        occupancy.index_add_(0, index, weight * density)
     phi = _blur(occupancy.reshape(grid_shape), blur / cell)
     peak = _max_filter(phi, 2 * math.ceil(3.0 * blur / cell) + 1)
     level = 0.5 * _blur(peak, blur / cell).clamp(_MIN_PEAK, 1.0)
