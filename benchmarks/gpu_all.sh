@@ -12,6 +12,11 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" .whl/*.whl || exit 1
 fi
 export PYTHONPATH="$SITE:$PWD/src"
+# A gsplat_cuda.so built on an earlier run (carried in .gpubuild/) skips gsplat's JIT build.
+if [ -f .gpubuild/gsplat_cuda.so ]; then
+  export TORCH_EXTENSIONS_DIR=/tmp/physmorph_torch_extensions
+  mkdir -p "$TORCH_EXTENSIONS_DIR/gsplat_cuda" && cp .gpubuild/gsplat_cuda.so "$TORCH_EXTENSIONS_DIR/gsplat_cuda/"
+fi
 MESHES=${MESHES:-../shared/meshes}
 [ -d "$MESHES" ] || MESHES=.gpubuild/meshes   # a copy carried to the device machine
 parts=${*:-tests mpm tuning surface fidelity render morph release e2e}
@@ -20,7 +25,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for part in $parts; do
   start=$(date +%s)
   case $part in
-    tests)   python3 -m pytest -q -m gpu -n 4 -p no:cacheprovider tests ;;
+    tests)   python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests ;;
     mpm)     python3 benchmarks/mpm_step.py --profile 1048576 &&
              python3 benchmarks/mpm_step.py --sizes 262144 1048576 --plasticity both ;;
     tuning)  python3 benchmarks/fused_tuning.py --backward ;;
