@@ -12,11 +12,6 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" .whl/*.whl || exit 1
 fi
 export PYTHONPATH="$SITE:$PWD/src"
-# A gsplat_cuda.so built on an earlier run (carried in .gpubuild/) skips gsplat's JIT build.
-if [ -f .gpubuild/gsplat_cuda.so ]; then
-  export TORCH_EXTENSIONS_DIR=/tmp/physmorph_torch_extensions
-  mkdir -p "$TORCH_EXTENSIONS_DIR/gsplat_cuda" && cp .gpubuild/gsplat_cuda.so "$TORCH_EXTENSIONS_DIR/gsplat_cuda/"
-fi
 MESHES=${MESHES:-../shared/meshes}
 [ -d "$MESHES" ] || MESHES=.gpubuild/meshes   # a copy carried to the device machine
 parts=${*:-tests mpm tuning surface fidelity render morph release e2e}
