@@ -131,3 +131,60 @@ def test_reference_config_stays_elastic_without_release():
     assert config.simulation.plasticity.model == "none" and config.optimization.release_steps == 0
     demo = load_config("src/physmorph/configs/demo.yaml")
     assert demo.simulation.plasticity.model == "von_mises" and demo.optimization.release_steps > 0
+
+
+REFINABLE = {
+    "source": {"shape": "sphere", "params": {"radius": 2.5}},
+    "target": {"shape": "ellipsoid", "params": {"radii": [3.5, 2.0, 2.0]}},
+    "simulation": {"grid_min_point": [-8, -8, -8], "grid_max_point": [8, 8, 8]},
+    "optimization": {"num_timesteps": 6, "release_steps": 2, "device": "cpu"},
+    "e2e": {"supervised_steps": [0, 3, -1, -2]},
+}
+
+
+def test_refine_divides_cell_and_step_and_multiplies_steps_and_particles():
+    import torch
+
+    coarse = config_from_mapping(REFINABLE)
+    fine = config_from_mapping(REFINABLE | {"simulation": {**REFINABLE["simulation"], "refine": 2}})
+    assert fine.simulation.grid_dx == coarse.simulation.grid_dx / 2 and fine.simulation.dt == coarse.simulation.dt / 2
+    assert fine.optimization.num_timesteps == 12 and fine.optimization.release_steps == 4
+    # the same physical time, the driven steps and the release alike
+    for steps in ("num_timesteps", "release_steps"):
+        coarse_time = getattr(coarse.optimization, steps) * coarse.simulation.dt
+        assert getattr(fine.optimization, steps) * fine.simulation.dt == pytest.approx(coarse_time)
+    # trajectory index i is i·dt after the start (i ≥ 0) or (−1 − i)·dt before the end (i < 0)
+    assert fine.e2e.supervised_steps == [0, 6, -1, -3]
+    assert fine.simulation.points_per_cell_cuberoot == coarse.simulation.points_per_cell_cuberoot
+    counts = [build_setup(c, torch.device("cpu")).initial.num_particles for c in (coarse, fine)]
+    assert 6 < counts[1] / counts[0] < 10  # k³ = 8, up to the lattice's fit of the sphere
+    # a loaded config is refined once: its mapping (what summary.json stores) reloads to the same run
+    again = config_from_mapping(config_to_mapping(fine))
+    assert again.simulation == fine.simulation and again.optimization == fine.optimization
+    assert again.simulation.refine == 1
+
+
+def test_the_reference_config_refined_four_times_is_the_published_scale():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = load_config("configs/sphere_to_bunny.yaml")
+    mapping = config_to_mapping(config)
+    mapping["simulation"]["refine"] = 4
+    fine = config_from_mapping(mapping, base_dir=config.base_dir)
+    assert fine.simulation.grid_dx == 0.25 and fine.optimization.num_timesteps == 40
+    assert fine.simulation.dt == pytest.approx(config.simulation.dt / 4)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "two", 17])
+def test_bad_refine_values_are_named_with_the_fix(value):
+    with pytest.raises(ConfigError, match=r"simulation\.refine"):
+        config_from_mapping({"simulation": {"refine": value}})
+
+
+def test_an_unrefined_config_is_refused_by_the_setup():
+    import torch
+
+    config = config_from_mapping(REFINABLE)
+    config.simulation.refine = 2
+    with pytest.raises(InputError, match=r"refined\(config\)"):
+        build_setup(config, torch.device("cpu"))

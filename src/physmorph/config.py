@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,8 @@ MAX_IMAGE_SIDE = 8192
 MAX_VIEWS = 360
 # Gaussians of a runtime surface: beyond this its binding and renders exhaust any device.
 MAX_GAUSSIANS = 10_000_000
+# `simulation.refine`: 16 already multiplies the particles by 4096 (45M for the reference pair).
+MAX_REFINE = 16
 
 
 class UnusedKeysWarning(UserWarning):
@@ -87,9 +89,18 @@ class SimulationConfig:
     bulk_viscosity: float = 0.25  # ζ
     min_jacobian: float = 0.6  # J floor of the per-step compression trust region
     plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
+    # refine by k: grid_dx / k, dt / k, optimization.num_timesteps and release_steps · k (the same
+    # physical time), the same points per cell (k³ times the particles); see `refined`
+    refine: int = 1
 
     def validate(self) -> None:
         s = "simulation"
+        require(
+            1 <= self.refine <= MAX_REFINE,
+            f"{s}.refine",
+            f"must be a whole number from 1 (the config as written) to {MAX_REFINE}, got {self.refine}; "
+            "refine k divides grid_dx and dt by k and multiplies the steps by k (k³ times the particles)",
+        )
         require(self.grid_dx > 0, f"{s}.grid_dx", f"must be positive, got {self.grid_dx}")
         require(
             all(lo < hi for lo, hi in zip(self.grid_min_point, self.grid_max_point)),
@@ -377,6 +388,7 @@ def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> M
         base_dir=base_dir or Path.cwd(),
         unused=unused,
     )
+    config = refined(config)
     if data:
         known = (
             "source, target, input_mesh_path, target_mesh_path, output_dir, simulation, optimization, mode, "
@@ -390,6 +402,33 @@ def config_from_mapping(data: dict[str, Any], base_dir: Path | None = None) -> M
             stacklevel=2,
         )
     return config
+
+
+def refined(config: MorphConfig) -> MorphConfig:
+    """`config` at the resolution `simulation.refine` = k asks for (a copy with refine 1): cells
+    k times smaller (grid_dx / k), steps k times shorter (dt / k), k times as many of them
+    (num_timesteps, release_steps, supervised trajectory indices), so the same box, physical
+    time and points per cell, with k³ times the particles. The optimisation's units
+    (physmorph.optimize.units) make the losses and controls comparable across k. A config with
+    refine 1 is returned as it is."""
+    k = config.simulation.refine
+    if k == 1:
+        return config
+    sim = config.simulation
+    settings = config.optimization
+    # index i ≥ 0 is i·dt from the start, i < 0 is (−1 − i)·dt before the end
+    steps = [step * k if step >= 0 else (step + 1) * k - 1 for step in config.e2e.supervised_steps]
+    resolved = replace(
+        config,
+        simulation=replace(sim, grid_dx=sim.grid_dx / k, dt=sim.dt / k, refine=1),
+        optimization=replace(
+            settings, num_timesteps=settings.num_timesteps * k, release_steps=settings.release_steps * k
+        ),
+        e2e=replace(config.e2e, supervised_steps=steps),
+    )
+    resolved.simulation.validate()
+    resolved.optimization.validate()
+    return resolved
 
 
 def _section(data: dict[str, Any], key: str, where: str | None = None) -> dict[str, Any]:

@@ -403,6 +403,7 @@ def optimize_e2e(
         render_settings,
     )
     base_material = problem.model.material
+    # Adam steps the control rates (ΔF per reference step, physmorph.optimize.units), like optimize_adam
     controls = problem.zero_controls().requires_grad_()
     material_parameters = [] if material == "none" else _material_parameters(base_material, material, controls)
     groups = [ParameterGroup([controls], settings.learning_rate)]
@@ -423,7 +424,7 @@ def optimize_e2e(
         evaluation = e2e_loss(
             problem,
             objective,
-            controls,
+            problem.controls_from_rates(controls),
             _material(base_material, material, material_parameters),
             fraction,
             trained,
@@ -439,7 +440,7 @@ def optimize_e2e(
     best, history = outcome.best, outcome.losses
 
     material_count = len(material_parameters)
-    best_controls = best[0]
+    best_controls = problem.controls_from_rates(best[0])
     best_material = _material(base_material, material, best[1 : 1 + material_count])
     best_surface = best[1 + material_count :]
     objective.settings = _with_surface(base_settings, best_surface)

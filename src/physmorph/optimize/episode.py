@@ -13,6 +13,7 @@ from physmorph.losses import chamfer_distance, mass_loss
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
 from physmorph.optimize.adam import Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.setup import MorphSetup
+from physmorph.optimize.units import control_scale
 
 # Reference optimiser constants (SPEC §5).
 ADAM_BETAS = (0.9, 0.999)
@@ -62,6 +63,17 @@ class EpisodeProblem:
     def zero_controls(self) -> torch.Tensor:
         x = self.initial.positions
         return torch.zeros(self.num_controls, x.shape[0], 3, 3, dtype=x.dtype, device=x.device)
+
+    @property
+    def control_scale(self) -> float:
+        """ΔF per control step of a unit control rate (physmorph.optimize.units): dt / (1/120 s)."""
+        return control_scale(self.model)
+
+    def controls_from_rates(self, rates: torch.Tensor) -> torch.Tensor:
+        """The ΔF [K, N, 3, 3] that control rates `rates` (ΔF per reference step, what Adam
+        optimises) apply at this problem's step: the same deformation per unit of simulated time
+        at any dt (exactly `rates` at dt = 1/120 s)."""
+        return rates * self.control_scale
 
     def rollout(self, controls: torch.Tensor, start: int = 0, state: State | None = None) -> Trajectory:
         """Roll out from step `start` (whose state is `state`, default the initial one) to the end
@@ -134,15 +146,17 @@ def optimize_adam(
 ) -> EpisodeResult:
     """All controls of the episode at once: the Adam loop of physmorph.optimize.adam (cosine
     learning-rate decay, early stop after `patience` iterations without improvement, step halved
-    after a diverged rollout) on the exact gradient; keeps the best controls seen."""
-    controls = problem.zero_controls().requires_grad_()
+    after a diverged rollout) on the exact gradient; keeps the best controls seen. Adam steps
+    the control rates (ΔF per reference step, see physmorph.optimize.units), so
+    `settings.learning_rate` means the same at any time step."""
+    rates = problem.zero_controls().requires_grad_()
 
     def evaluate(iteration: int, fraction: float) -> tuple[torch.Tensor, float]:
-        loss = problem.loss(problem.rollout(controls))
+        loss = problem.loss(problem.rollout(problem.controls_from_rates(rates)))
         return loss, loss.item()
 
-    outcome = adam_descent([ParameterGroup([controls], settings.learning_rate)], evaluate, settings, progress)
-    (best_controls,) = outcome.best
+    outcome = adam_descent([ParameterGroup([rates], settings.learning_rate)], evaluate, settings, progress)
+    best_controls = problem.controls_from_rates(outcome.best[0])
     with torch.no_grad():
         trajectory = problem.rollout(best_controls)
     return EpisodeResult(best_controls, trajectory, outcome.losses, outcome.divergences)

@@ -17,7 +17,7 @@ import trimesh
 from tqdm import tqdm
 
 import physmorph
-from physmorph.config import MorphConfig, config_to_mapping
+from physmorph.config import MorphConfig, config_to_mapping, refined
 from physmorph.errors import InputError
 from physmorph.geometry.config import build_shape
 from physmorph.io.figures import labelled_panels, particle_frames, write_comparison, write_loss_curves
@@ -127,6 +127,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
     the last one's final state (same result as an uninterrupted run).
     """
     paths = RunPaths(Path(out_dir))
+    config = refined(config)  # a no-op for loaded configs: loading refines them
     settings = config.optimization
     if config.mode == "e2e":
         check_e2e_config(config)

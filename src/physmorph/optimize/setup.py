@@ -132,6 +132,12 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
     """Fill source and target, build the model and the target mesh field; refuses, before
     filling, a run whose estimated memory exceeds what `device` has free."""
     sim = config.simulation
+    if sim.refine != 1:
+        # the episode's step count comes from config.optimization, which refined() also scales
+        raise InputError(
+            f"simulation.refine is {sim.refine} on a config that was not refined; pass "
+            "physmorph.config.refined(config) (load_config and config_from_mapping already do)"
+        )
     image_only = config.mode == "e2e" and config.e2e.target_images is not None
     meshes = [build_body(config.source, config.base_dir, "source")]
     if not image_only:
