@@ -95,7 +95,7 @@ def morph(
         first, last = summary["episodes"][0], summary["episodes"][-1]
         change = ""
         if first["chamfer_before"] is not None:
-            change = f": Chamfer {first['chamfer_before']:.3f} → {last['chamfer_after']:.3f}"
+            change = f": Chamfer {first['chamfer_before']:.3f} → {last.get('chamfer_kept', last['chamfer_after']):.3f}"
         diverged = sum(len(record.get("divergences", [])) for record in summary["episodes"])
         warning = f" ({diverged} diverged evaluations, see summary.json)" if diverged else ""
         typer.echo(

@@ -11,9 +11,7 @@ LOG_EPSILON = 1e-4
 MIN_MASS = 1e-3
 
 
-def mass_field_loss(
-    grid_mass: torch.Tensor, target_grid_mass: torch.Tensor, cell_volume: float = 1.0
-) -> torch.Tensor:
+def mass_field_loss(grid_mass: torch.Tensor, target_grid_mass: torch.Tensor, cell_volume: float = 1.0) -> torch.Tensor:
     """L(m; m*) of SPEC §4 for flat grid mass fields [G] (scalar, differentiable in m), on cells
     of `cell_volume` grid units³.
 

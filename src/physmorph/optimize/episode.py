@@ -104,18 +104,40 @@ class EpisodeProblem:
         (so the body arrives at rest and the next episode does not overshoot), plus
         `chamfer_weight` · its Chamfer distance to the target particles when there are any
         (the mass field barely sees a few stray particles or a thin missing feature)."""
-        loss = self.mass_loss(trajectory)
+        return self.loss_and_distance(trajectory)[0]
+
+    def loss_and_distance(self, trajectory: Trajectory) -> tuple[torch.Tensor, float | None]:
+        """`loss` and the last state's `distance` to the target, from one evaluation."""
         final = trajectory.final
+        mass = self._mass_loss_of(final)
+        loss = mass
         if self.arrival_speed_weight:
             loss = loss + self.arrival_speed_weight * (final.velocities**2).sum(-1).mean()
-        if self.chamfer_weight and self.target_points is not None:
-            loss = loss + self.chamfer_weight * chamfer_distance(final.positions, self.target_points)
-        return loss
+        if self.target_points is None:
+            return loss, None
+        if self.chamfer_weight:
+            chamfer = chamfer_distance(final.positions, self.target_points)
+            return loss + self.chamfer_weight * chamfer, chamfer.item()
+        return loss, mass.item()
+
+    def distance(self, state: State) -> float | None:
+        """How far `state` is from the target, the measure by which an episode must not make the
+        morph worse: its Chamfer distance to the target particles with the Chamfer term on, else
+        its mass loss (then the term optimised); None for an image-only target."""
+        if self.target_points is None:
+            return None
+        with torch.no_grad():
+            if self.chamfer_weight:
+                return chamfer_distance(state.positions, self.target_points).item()
+            return self._mass_loss_of(state).item()
 
     def mass_loss(self, trajectory: Trajectory) -> torch.Tensor:
+        return self._mass_loss_of(trajectory.final)
+
+    def _mass_loss_of(self, state: State) -> torch.Tensor:
         return mass_loss(
-            trajectory.final.positions,
-            self.model.masses.expand(trajectory.final.num_particles),
+            state.positions,
+            self.model.masses.expand(state.num_particles),
             self.target_grid_mass,
             self.model.grid,
             self.model.kernel,
@@ -124,13 +146,14 @@ class EpisodeProblem:
 
 @dataclass
 class EpisodeResult:
-    """Optimised controls [K, N, 3, 3], their trajectory, the loss history (first = no control) and
-    the evaluations that diverged."""
+    """Optimised controls [K, N, 3, 3], their trajectory, the loss history (first = no control),
+    the evaluations that diverged and the kept controls' loss (None: the least in the history)."""
 
     controls: torch.Tensor
     trajectory: Trajectory
     losses: list[float] = field(default_factory=list)
     divergences: list[Divergence] = field(default_factory=list)  # evaluations that gave no finite loss
+    kept_loss: float | None = None  # set when the kept iterate is not the least-loss one
 
     @property
     def loss_before(self) -> float:
@@ -138,7 +161,7 @@ class EpisodeResult:
 
     @property
     def loss_after(self) -> float:
-        return min(self.losses)
+        return min(self.losses) if self.kept_loss is None else self.kept_loss
 
 
 def optimize_adam(
@@ -146,20 +169,35 @@ def optimize_adam(
 ) -> EpisodeResult:
     """All controls of the episode at once: the Adam loop of physmorph.optimize.adam (cosine
     learning-rate decay, early stop after `patience` iterations without improvement, step halved
-    after a diverged rollout) on the exact gradient; keeps the best controls seen. Adam steps
-    the control rates (ΔF per reference step, see physmorph.optimize.units), so
-    `settings.learning_rate` means the same at any time step."""
+    after a diverged rollout) on the exact gradient. Adam steps the control rates (ΔF per
+    reference step, see physmorph.optimize.units), so `settings.learning_rate` means the same at
+    any time step.
+
+    Keeps the controls of least loss, unless their last state is farther from the target
+    (`EpisodeProblem.distance`) than the episode's first state, and another iterate's is not:
+    then the least-loss iterate among those that do not make the morph worse. (The loss can fall
+    while the Chamfer rises a little: it also weighs the mass field and the speed.)"""
     rates = problem.zero_controls().requires_grad_()
+    start = problem.distance(problem.initial)
+    # the least-loss iterate whose last state is no farther from the target than the first state
+    admissible_loss, admissible_rates = math.inf, None
 
     def evaluate(iteration: int, fraction: float) -> tuple[torch.Tensor, float]:
-        loss = problem.loss(problem.rollout(problem.controls_from_rates(rates)))
-        return loss, loss.item()
+        nonlocal admissible_loss, admissible_rates
+        loss, distance = problem.loss_and_distance(problem.rollout(problem.controls_from_rates(rates)))
+        value = loss.item()
+        if distance is not None and distance <= start and value < admissible_loss:
+            admissible_loss, admissible_rates = value, rates.detach().clone()
+        return loss, value
 
     outcome = adam_descent([ParameterGroup([rates], settings.learning_rate)], evaluate, settings, progress)
-    best_controls = problem.controls_from_rates(outcome.best[0])
+    best, kept_loss = outcome.best[0], None
+    if admissible_rates is not None and admissible_loss > min(outcome.losses):
+        best, kept_loss = admissible_rates, admissible_loss  # the least-loss iterate ends farther away
+    best_controls = problem.controls_from_rates(best)
     with torch.no_grad():
         trajectory = problem.rollout(best_controls)
-    return EpisodeResult(best_controls, trajectory, outcome.losses, outcome.divergences)
+    return EpisodeResult(best_controls, trajectory, outcome.losses, outcome.divergences, kept_loss)
 
 
 class _ReferenceAdam:

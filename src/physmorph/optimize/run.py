@@ -8,6 +8,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ RESUMABLE_CHANGES = ("optimization.num_animations", "optimization.device", "outp
 
 class DivergenceWarning(UserWarning):
     """An evaluation inside an episode diverged; the optimiser stepped back and went on."""
+
+
+class WorseEpisodeWarning(UserWarning):
+    """An episode ended farther from the target than it started; the run did not build on it."""
 
 
 def save_episode(
@@ -174,7 +179,8 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                 f"cannot resume '{paths.root}': it holds a run with {summary.get('num_particles')} particles, "
                 f"this config gives {setup.initial.num_particles}; use another --out folder"
             )
-        state = load_state(paths.state(len(done) - 1), device, setup.initial.num_particles) if done else setup.initial
+        kept = [record["episode"] for record in done if record.get("kept", True)]
+        state = load_state(paths.state(kept[-1]), device, setup.initial.num_particles) if kept else setup.initial
         summary["config"] = config_to_mapping(config)
     optimizer = optimize_adam if settings.optimizer == "adam" else optimize_reference
     mesh_views = MeshViews.build(config, setup)
@@ -190,9 +196,11 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             "fused GPU kernels: the first episode compiles them (about a minute on a new machine; "
             "Triton caches them for later runs)"
         )
+    learning_rate = next_learning_rate(summary["episodes"], settings.learning_rate)
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)
-        problem = EpisodeProblem.of(setup, state, settings)
+        episode_settings = replace(settings, learning_rate=learning_rate)
+        problem = EpisodeProblem.of(setup, state, episode_settings)
         bar = tqdm(desc=f"episode {episode + 1}/{settings.num_animations}", unit="it", disable=not progress, leave=True)
 
         def report(value: float, bar: tqdm = bar) -> None:
@@ -203,7 +211,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         extras, additions = None, {}
         try:
             if context is None:
-                result = optimizer(problem, settings, report)
+                result = optimizer(problem, episode_settings, report)
             else:
                 result, additions, extras = run_e2e_episode(problem, context, config, report)
         finally:
@@ -211,6 +219,13 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         seconds = time.perf_counter() - start
         record = {"episode": episode, "optimizer": "e2e" if context else settings.optimizer}
         record.update(episode_metrics(problem, result, setup))
+        # an episode that ends farther from the target than it started is not built on (the
+        # morph never gets worse): the next one starts where it did, with half the step size
+        start, end = problem.distance(problem.initial), problem.distance(result.trajectory.final)
+        record["kept"] = start is None or end <= start
+        record["learning_rate"] = learning_rate
+        before, after = record["chamfer_before"], record["chamfer_after"]
+        record["chamfer_kept"] = after if record["kept"] else before
         history = [value if math.isfinite(value) else None for value in result.losses]
         record.update({"seconds": seconds, "loss_history": history, **additions})
         if mesh_views is not None:
@@ -224,15 +239,35 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                 DivergenceWarning,
                 stacklevel=2,
             )
-        before, after = record["chamfer_before"], record["chamfer_after"]
         title = f"episode {episode}" + (f": Chamfer {before:.3f} → {after:.3f}" if before is not None else "")
+        if not record["kept"]:
+            title += " (worse: not kept)"
         save_episode(paths.episode(episode), result, setup, setup.initial, title, extras)
         summary["episodes"].append(record)
         write_json(paths.summary, summary)
-        final = result.trajectory.final
-        state = final.detach()
+        if record["kept"]:
+            state = result.trajectory.final.detach()
+        else:
+            warnings.warn(
+                f"episode {episode} ended farther from the target ({start:.4g} → {end:.4g}, "
+                f"{'Chamfer' if problem.chamfer_weight else 'mass loss'}); the next episode starts from its first "
+                "state with half the learning rate",
+                WorseEpisodeWarning,
+                stacklevel=2,
+            )
+        learning_rate = next_learning_rate(summary["episodes"], settings.learning_rate)
     write_run_media(paths, summary, setup, config, binding)
     return summary
+
+
+def next_learning_rate(records: list[dict[str, Any]], first: float) -> float:
+    """The learning rate of the episode after `records`: `first`, halved after each episode that
+    was not kept (records of runs before the guard have no 'kept': they were)."""
+    if not records:
+        return first
+    last = records[-1]
+    rate = last.get("learning_rate", first)
+    return rate if last.get("kept", True) else 0.5 * rate
 
 
 @torch.no_grad()
@@ -275,8 +310,9 @@ def write_run_media(
     the shaded Gaussians from a camera circling the morph beside the target mesh from the same
     camera (surfels of `binding`, bound to the undeformed source), and for physics runs also
     particles.mp4, the particles beside the target's."""
-    episodes = summary["episodes"]
-    write_loss_curves(paths.root / "loss.png", episodes)
+    write_loss_curves(paths.root / "loss.png", summary["episodes"])
+    # the animation follows the kept episodes: each starts where the previous kept one ended
+    episodes = [record for record in summary["episodes"] if record.get("kept", True)] or summary["episodes"]
     trajectories = [read_trajectory(paths.trajectory(record["episode"])) for record in episodes]
     captions = []
     for record, trajectory in zip(episodes, trajectories):
