@@ -1,3 +1,6 @@
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -94,3 +97,34 @@ def test_release_steps_run_free_after_the_driven_steps_and_the_loss_sees_their_e
     # restarting mid-way (the reference optimiser's per-step rollouts) also ends after the release
     resumed = released.rollout(controls, start=2, state=trajectory.state(2))
     torch.testing.assert_close(resumed.positions[-1], trajectory.positions[-1])
+
+
+@dataclasses.dataclass
+class FarWhenMoved(EpisodeProblem):
+    """A problem whose distance to the target grows with the body's mean displacement beyond
+    `limit`: iterates that move it more make the morph 'worse'."""
+
+    limit: float = math.inf
+
+    def loss_and_distance(self, trajectory):
+        loss, _ = super().loss_and_distance(trajectory)
+        return loss, self.distance(trajectory.final)
+
+    def distance(self, state):
+        moved = (state.positions - self.initial.positions).norm(dim=-1).mean().item()
+        return max(moved - self.limit, 0.0)
+
+
+def test_adam_keeps_the_least_loss_iterate_that_does_not_end_farther_from_the_target(problem):
+    config, episode = problem
+    plain = optimize_adam(episode, config.optimization)
+    mass_only = dataclasses.replace(episode, target_points=torch.zeros(1, 3))  # a target: the rule applies
+    free = optimize_adam(FarWhenMoved(**vars(mass_only)), config.optimization)
+    # with no iterate farther from the target the rule changes nothing, bit for bit
+    assert torch.equal(free.controls, plain.controls) and free.loss_after == min(free.losses)
+    moved = (plain.trajectory.final.positions - episode.initial.positions).norm(dim=-1).mean().item()
+    bounded = FarWhenMoved(**(vars(mass_only) | {"limit": 0.8 * moved}))
+    result = optimize_adam(bounded, config.optimization)
+    assert bounded.distance(result.trajectory.final) == 0.0  # no farther than the first state
+    assert min(result.losses) < result.loss_after < result.loss_before and result.loss_after in result.losses
+    assert bounded.loss(result.trajectory).item() == pytest.approx(result.loss_after, rel=1e-5)
