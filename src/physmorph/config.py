@@ -183,7 +183,7 @@ class OptimizationConfig:
     passes: int = 3  # reference optimiser: sweeps over the control steps per episode
     optimizer: Literal["adam", "reference"] = "adam"  # 'adam' optimises all controls of an episode at once
     iterations: int = 12  # adam: gradient steps per episode
-    learning_rate: float = 0.02  # adam: first step size (ΔF units)
+    learning_rate: float = 0.02  # adam: first step size, ΔF per 1/120 s of simulated time (optimize.units)
     final_learning_rate_ratio: float = 0.1  # adam: cosine schedule ends at lr · ratio
     patience: int = 4  # adam: stop after this many iterations without improvement
     arrival_speed_weight: float = 20.0  # adds w · mean |v|² of the last state (s²/grid units²); 0 = reference loss

@@ -6,7 +6,7 @@ import torch
 
 from physmorph.config import config_from_mapping
 from physmorph.losses import chamfer_distance, mass_loss
-from physmorph.mpm import simulate
+from physmorph.mpm import State, simulate
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam, optimize_reference
 from physmorph.optimize.setup import build_setup
 
@@ -128,3 +128,26 @@ def test_adam_keeps_the_least_loss_iterate_that_does_not_end_farther_from_the_ta
     assert bounded.distance(result.trajectory.final) == 0.0  # no farther than the first state
     assert min(result.losses) < result.loss_after < result.loss_before and result.loss_after in result.losses
     assert bounded.loss(result.trajectory).item() == pytest.approx(result.loss_after, rel=1e-5)
+
+
+def test_adam_starts_again_with_half_the_step_when_every_iterate_ends_farther(problem, monkeypatch):
+    import physmorph.optimize.episode as episode_module
+
+    config, episode = problem
+    # a body already moving: every rollout, zero controls too, ends farther than it starts
+    moving = State.at_rest(episode.initial.positions)
+    moving.velocities = torch.full_like(moving.velocities, 2.0)
+    drifting = FarWhenMoved(**(vars(episode) | {"initial": moving, "target_points": torch.zeros(1, 3), "limit": 0.0}))
+    rates = []
+    real = episode_module.adam_descent
+
+    def recording(groups, evaluate, settings, progress=None):
+        rates.append(settings.learning_rate)
+        return real(groups, evaluate, settings, progress)
+
+    monkeypatch.setattr(episode_module, "adam_descent", recording)
+    result = optimize_adam(drifting, config.optimization)
+    first = config.optimization.learning_rate
+    assert rates == [first, first / 2, first / 4]  # RETRIES = 2 descents more
+    # each attempt's history starts at the zero controls
+    assert result.losses.count(result.losses[0]) == 3 and len(result.losses) > config.optimization.iterations + 1

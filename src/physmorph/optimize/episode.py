@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -11,7 +11,7 @@ from physmorph.config import OptimizationConfig
 from physmorph.errors import SimulationDiverged
 from physmorph.losses import chamfer_distance, mass_loss
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
-from physmorph.optimize.adam import Divergence, ParameterGroup, Progress, adam_descent
+from physmorph.optimize.adam import AdamOutcome, Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.setup import MorphSetup
 from physmorph.optimize.units import control_scale
 
@@ -176,9 +176,38 @@ def optimize_adam(
     Keeps the controls of least loss, unless their last state is farther from the target
     (`EpisodeProblem.distance`) than the episode's first state, and another iterate's is not:
     then the least-loss iterate among those that do not make the morph worse. (The loss can fall
-    while the Chamfer rises a little: it also weighs the mass field and the speed.)"""
-    rates = problem.zero_controls().requires_grad_()
+    while the Chamfer rises a little: it also weighs the mass field and the speed.) When every
+    iterate ends farther (late in a morph the zero-control start drifts off, and the first steps
+    overshoot), the descent starts again from zero controls with half the learning rate, up to
+    RETRIES times; the loss history holds every attempt's evaluations."""
     start = problem.distance(problem.initial)
+    losses: list[float] = []
+    divergences: list[Divergence] = []
+    for attempt in range(RETRIES + 1):
+        rate = settings.learning_rate * 0.5**attempt
+        best, kept_loss, admissible, outcome = _descend(problem, replace(settings, learning_rate=rate), start, progress)
+        offset = len(losses)
+        losses += outcome.losses
+        divergences += [Divergence(offset + d.iteration, d.reason) for d in outcome.divergences]
+        if admissible or start is None:
+            break
+    best_controls = problem.controls_from_rates(best)
+    with torch.no_grad():
+        trajectory = problem.rollout(best_controls)
+    return EpisodeResult(best_controls, trajectory, losses, divergences, kept_loss)
+
+
+# optimize_adam's descents with halved learning rates when every iterate ends farther from the target
+RETRIES = 2
+
+
+def _descend(
+    problem: EpisodeProblem, settings: OptimizationConfig, start: float | None, progress: Progress | None
+) -> tuple[torch.Tensor, float | None, bool, AdamOutcome]:
+    """One Adam descent from zero control rates: the kept rates, their loss when they are not the
+    least-loss iterate (else None), whether some iterate ends no farther than `start`, and the
+    descent's outcome."""
+    rates = problem.zero_controls().requires_grad_()
     # the least-loss iterate whose last state is no farther from the target than the first state
     admissible_loss, admissible_rates = math.inf, None
 
@@ -191,13 +220,9 @@ def optimize_adam(
         return loss, value
 
     outcome = adam_descent([ParameterGroup([rates], settings.learning_rate)], evaluate, settings, progress)
-    best, kept_loss = outcome.best[0], None
     if admissible_rates is not None and admissible_loss > min(outcome.losses):
-        best, kept_loss = admissible_rates, admissible_loss  # the least-loss iterate ends farther away
-    best_controls = problem.controls_from_rates(best)
-    with torch.no_grad():
-        trajectory = problem.rollout(best_controls)
-    return EpisodeResult(best_controls, trajectory, outcome.losses, outcome.divergences, kept_loss)
+        return admissible_rates, admissible_loss, True, outcome  # the least-loss iterate ends farther away
+    return outcome.best[0], None, admissible_rates is not None, outcome
 
 
 class _ReferenceAdam:

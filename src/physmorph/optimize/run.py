@@ -222,7 +222,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         # an episode that ends farther from the target than it started is not built on (the
         # morph never gets worse): the next one starts where it did, with half the step size
         start, end = problem.distance(problem.initial), problem.distance(result.trajectory.final)
-        record["kept"] = start is None or end <= start
+        record["kept"] = ends_no_farther(start, end)
         record["learning_rate"] = learning_rate
         before, after = record["chamfer_before"], record["chamfer_after"]
         record["chamfer_kept"] = after if record["kept"] else before
@@ -258,6 +258,12 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         learning_rate = next_learning_rate(summary["episodes"], settings.learning_rate)
     write_run_media(paths, summary, setup, config, binding)
     return summary
+
+
+def ends_no_farther(start: float | None, end: float | None) -> bool:
+    """Whether an episode whose first and last states lie `start` and `end` from the target
+    (EpisodeProblem.distance; None: an image-only target, nothing to compare) may be built on."""
+    return start is None or end <= start
 
 
 def next_learning_rate(records: list[dict[str, Any]], first: float) -> float:
