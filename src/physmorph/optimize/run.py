@@ -221,8 +221,8 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         record.update(episode_metrics(problem, result, setup))
         # an episode that ends farther from the target than it started is not built on (the
         # morph never gets worse): the next one starts where it did, with half the step size
-        start, end = problem.distance(problem.initial), problem.distance(result.trajectory.final)
-        record["kept"] = ends_no_farther(start, end)
+        first, last = problem.distance(problem.initial), problem.distance(result.trajectory.final)
+        record["kept"] = ends_no_farther(first, last)
         record["learning_rate"] = learning_rate
         before, after = record["chamfer_before"], record["chamfer_after"]
         record["chamfer_kept"] = after if record["kept"] else before
@@ -249,7 +249,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             state = result.trajectory.final.detach()
         else:
             warnings.warn(
-                f"episode {episode} ended farther from the target ({start:.4g} → {end:.4g}, "
+                f"episode {episode} ended farther from the target ({first:.4g} → {last:.4g}, "
                 f"{'Chamfer' if problem.chamfer_weight else 'mass loss'}); the next episode starts from its first "
                 "state with half the learning rate",
                 WorseEpisodeWarning,
