@@ -213,7 +213,8 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
             if context is None:
                 result = optimizer(problem, episode_settings, report)
             else:
-                result, additions, extras = run_e2e_episode(problem, context, config, report)
+                episode_config = replace(config, optimization=episode_settings)
+                result, additions, extras = run_e2e_episode(problem, context, episode_config, report)
         finally:
             bar.close()  # ends the bar's line, so that an error message starts on its own
         seconds = time.perf_counter() - start
