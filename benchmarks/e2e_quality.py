@@ -5,7 +5,9 @@ config, meshes from --meshes), 3 episodes by default. Every variant is scored th
 after the run: Chamfer distance of the final particles to the target's, and silhouette IoU of
 the final Gaussians against masks ray cast from the target mesh in held-out cameras (higher
 orbit, azimuths between the training views'). The image-only variant trains on ray-cast masks
-and depth of the training views saved as an image folder, with no mesh and w_phys = 0.
+and depth of the training views saved as an image folder, with no mesh and w_phys = 0: its 3D
+term is the mass field of the visual hull carved from those images (w_hull, the default), the
+"image, no hull" variant drops it (the image terms alone).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 
 from physmorph.config import config_from_mapping
 from physmorph.errors import PhysmorphError
+from physmorph.io.run_folder import RunPaths
 from physmorph.io.targets import save_image_targets
 from physmorph.losses import chamfer_distance
 from physmorph.optimize.e2e_run import MeshViews
@@ -65,18 +68,30 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
 
 
 def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Path) -> dict[str, dict]:
+    """The runs compared, by name: physics only, the plain weighted sum of the config's terms,
+    balanced gradients (one per --ratio; the first is the default's), balanced with trained
+    surfels, and image-only with and without the visual-hull term."""
     physics = base_mapping(args, target, dx)
     plain = copy.deepcopy(physics) | {"mode": "e2e"}
-    balanced = copy.deepcopy(plain)
-    balanced["optimization"]["loss"] = {
-        **SHAPE_BLIND,
-        "alpha_levels": args.alpha_levels,
-        "render_gradient_ratio": args.ratio,
-    }
-    image_only = copy.deepcopy(balanced)
+    plain["optimization"].setdefault("loss", {})["render_gradient_ratio"] = None
+    runs = {"physics only": physics, "e2e (sum)": plain}
+    for index, ratio in enumerate(args.ratio):
+        balanced = copy.deepcopy(physics) | {"mode": "e2e"}
+        balanced["optimization"]["loss"] = {
+            **SHAPE_BLIND,
+            "alpha_levels": args.alpha_levels,
+            "render_gradient_ratio": ratio,
+        }
+        runs["e2e (balanced)" if index == 0 else f"e2e (ratio {ratio:g})"] = balanced
+    surfels = copy.deepcopy(runs["e2e (balanced)"])
+    surfels["e2e"]["surface_parameters"] = True
+    runs["e2e (surfels)"] = surfels
+    image_only = copy.deepcopy(runs["e2e (balanced)"])
     image_only["optimization"]["loss"] = {**SHAPE_BLIND, "alpha_levels": args.alpha_levels, "w_phys": 0.0}
     image_only["e2e"]["target_images"] = str(image_folder)
-    return {"physics only": physics, "e2e (sum)": plain, "e2e (balanced)": balanced, "image only": image_only}
+    images_no_hull = copy.deepcopy(image_only)
+    images_no_hull["optimization"]["loss"]["w_hull"] = 0.0
+    return runs | {"image only": image_only, "image, no hull": images_no_hull}
 
 
 def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tuple[float, float]:
@@ -86,7 +101,7 @@ def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tupl
     scoring["e2e"].pop("target_images", None)
     config = config_from_mapping(scoring)
     setup = build_setup(config, device)
-    final = load_state(run / f"ep{episodes - 1:03d}", device)
+    final = load_state(RunPaths(run).state(episodes - 1), device, setup.initial.num_particles)
     views = MeshViews.build(config, setup)
     binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
     heldout = views.iou(final, binding, render_settings(config))["heldout"]
@@ -103,7 +118,9 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=4, help="training views (and as many held out)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--gaussians", type=int, default=200_000)
-    parser.add_argument("--ratio", type=float, default=0.5, help="balanced variant: |render step| / |physics step|")
+    parser.add_argument(
+        "--ratio", type=float, nargs="+", default=[0.5], help="balanced variants: |render step| / |physics step|"
+    )
     parser.add_argument("--alpha-levels", type=int, default=4)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     args = parser.parse_args()
@@ -114,8 +131,8 @@ def main() -> None:
         f"M = {args.gaussians}, device {device}"
     )
     header = ("pair", "dx", "variant", "Chamfer", "held-out 1−IoU", "s/episode")
-    print("| {:<18} | {:>4} | {:<15} | {:>7} | {:>14} | {:>9} |".format(*header))
-    print(f"|{'-' * 20}|{'-' * 6}|{'-' * 17}|{'-' * 9}|{'-' * 16}|{'-' * 11}|")
+    print("| {:<18} | {:>4} | {:<16} | {:>7} | {:>14} | {:>9} |".format(*header))
+    print(f"|{'-' * 20}|{'-' * 6}|{'-' * 18}|{'-' * 9}|{'-' * 16}|{'-' * 11}|")
     for target in args.targets:
         for dx in args.dx:
             with tempfile.TemporaryDirectory() as scratch:
@@ -131,12 +148,12 @@ def main() -> None:
                     try:
                         summary = run_morph(config_from_mapping(mapping), run, progress=False)
                     except PhysmorphError as error:
-                        print(f"| isosphere → {target:<6} | {dx:>4} | {name:<15} | failed: {error}", flush=True)
+                        print(f"| isosphere → {target:<6} | {dx:>4} | {name:<16} | failed: {error}", flush=True)
                         continue
                     seconds = float(np.mean([record["seconds"] for record in summary["episodes"]]))
                     chamfer, iou = score(mapping, run, device, args.episodes)
                     print(
-                        f"| isosphere → {target:<6} | {dx:>4} | {name:<15} | {chamfer:>7.3f} | {1 - iou:>14.4f} | "
+                        f"| isosphere → {target:<6} | {dx:>4} | {name:<16} | {chamfer:>7.3f} | {1 - iou:>14.4f} | "
                         f"{seconds:>9.2f} |",
                         flush=True,
                     )

@@ -198,6 +198,9 @@ def test_image_only_target_folder_drives_an_e2e_morph(tmp_path):
     assert record["chamfer_before"] is None and record["mass_loss_after"] is None
     assert [v["split"] for v in record["views"]] == ["train", "train"]
     assert "phys" not in record["render_terms"] and "alpha" in record["render_terms"]
+    # the 3D term is the visual hull's, carved from the two views' masks and depth
+    assert "hull" in record["render_terms"]
+    assert record["hull_mass_loss_after"] < record["hull_mass_loss_before"]
 
     # the physics term needs a target mass field, which an image-only target does not have
     config["optimization"]["loss"]["w_phys"] = 1.0

@@ -315,6 +315,17 @@ class E2EEvaluation:
     parts: tuple[float, float] = (0.0, 0.0)
 
 
+def anchor_term(problem: EpisodeProblem, losses: RenderLossConfig) -> tuple[str | None, float]:
+    """The 3D term that the image terms are added to, and its weight: 'phys' (the target mass
+    field, with arrival speed and Chamfer) when w_phys > 0; for an image-only target, 'hull'
+    (the same loss against the visual hull carved from the images) when w_hull > 0; else none."""
+    if losses.w_phys > 0:
+        return "phys", losses.w_phys
+    if losses.w_hull > 0 and problem.target_is_hull:
+        return "hull", losses.w_hull
+    return None, 0.0
+
+
 def e2e_loss(
     problem: EpisodeProblem,
     objective: RenderObjective,
@@ -336,25 +347,26 @@ def e2e_loss(
     trajectory = problem.rollout(controls)
     terms, images = objective(trajectory)
     losses = objective.losses
-    if losses.w_phys > 0:
-        terms = {"phys": problem.loss(trajectory), **terms}
-    scheduled = {"phys": losses.w_phys, **losses.weights(progress)}
-    full = {"phys": losses.w_phys, **losses.weights(1.0)}
+    anchor, anchor_weight = anchor_term(problem, losses)
+    if anchor is not None:
+        terms = {anchor: problem.loss(trajectory), **terms}
+    scheduled = {anchor: anchor_weight, **losses.weights(progress)}
+    full = {anchor: anchor_weight, **losses.weights(1.0)}
     zero = torch.zeros((), dtype=controls.dtype, device=controls.device)
     loss = sum((scheduled[name] * term for name, term in terms.items()), zero)
     unscheduled = sum((full[name] * term.detach() for name, term in terms.items()), zero)
-    physics = terms.get("phys")
-    if losses.balanced and parameters is not None and loss.requires_grad:
-        render_part = sum((scheduled[name] * term for name, term in terms.items() if name != "phys"), zero)
+    physics = terms.get(anchor)
+    if losses.balanced and physics is not None and parameters is not None and loss.requires_grad:
+        render_part = sum((scheduled[name] * term for name, term in terms.items() if name != anchor), zero)
         if render_part.requires_grad:
             loss = balanced_surrogate(
-                losses.w_phys * physics,
+                anchor_weight * physics,
                 render_part,
                 list(parameters),
                 losses.render_gradient_ratio,
                 losses.drop_conflicting_gradient,
             )
-    physics_part = float(full["phys"] * physics.detach()) if physics is not None else 0.0
+    physics_part = float(anchor_weight * physics.detach()) if physics is not None else 0.0
     parts = (physics_part, float(unscheduled) - physics_part)
     return E2EEvaluation(loss, unscheduled, terms, trajectory, images, parts)
 

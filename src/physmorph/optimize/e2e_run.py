@@ -13,7 +13,7 @@ from physmorph.config import MorphConfig
 from physmorph.errors import ConfigError
 from physmorph.geometry.config import build_shape
 from physmorph.io.images import write_png
-from physmorph.io.targets import TargetImages, load_image_targets
+from physmorph.io.targets import TargetImages
 from physmorph.losses.render_losses import psnr, silhouette_iou
 from physmorph.mpm import State
 from physmorph.optimize.e2e import E2EResult, RenderSettings, optimize_e2e, render_state, target_images_from_particles
@@ -104,13 +104,8 @@ class E2EContext:
         if config.e2e.target_images is None and config.e2e.targets == "mesh":
             views = mesh_views or MeshViews.build(config, setup)
             return E2EContext(views.train, views.heldout, settings, binding)
-        if config.e2e.target_images is not None:
-            folder = Path(config.e2e.target_images)
-            if not folder.is_absolute():
-                folder = config.base_dir / folder
-            sim = config.simulation
-            targets = load_image_targets(folder, (sim.grid_min_point, sim.grid_max_point), like.dtype, like.device)
-            return E2EContext(targets, None, settings, binding)
+        if setup.target_images is not None:
+            return E2EContext(setup.target_images, None, settings, binding)
         train_cameras, heldout_cameras = train_and_heldout_cameras(config.e2e, setup.target_points)
         cameras = train_cameras if heldout_cameras is None else concatenate([train_cameras, heldout_cameras])
         targets = target_images_from_particles(setup.target_points, cameras, config.surface, settings)
@@ -122,11 +117,13 @@ class E2EContext:
 
 
 def check_e2e_config(config: MorphConfig) -> None:
-    """Image-only targets have no target mass field, so the physics term must be off."""
+    """Image-only targets have no target shape, so the physics term must be off (their 3D term
+    is the visual hull's, weighted by w_hull)."""
     if config.e2e.target_images is not None and config.loss.w_phys > 0:
         raise ConfigError(
-            "e2e.target_images gives an image-only target, which has no target mass field; "
-            "set optimization.loss.w_phys: 0 (or give a target shape and drop e2e.target_images)"
+            "e2e.target_images gives an image-only target, which has no target shape for the physics term; "
+            "set optimization.loss.w_phys: 0 (the visual hull carved from the images takes its place, "
+            "weighted by optimization.loss.w_hull), or give a target shape and drop e2e.target_images"
         )
 
 

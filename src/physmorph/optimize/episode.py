@@ -38,6 +38,8 @@ class EpisodeProblem:
     target_points: torch.Tensor | None = None
     chamfer_weight: float = 0.0
     release_steps: int = 0
+    # image-only target: target_grid_mass is the visual hull carved from the images
+    target_is_hull: bool = False
 
     @staticmethod
     def of(setup: MorphSetup, initial: State, settings: OptimizationConfig) -> EpisodeProblem:
@@ -54,6 +56,7 @@ class EpisodeProblem:
             setup.target_points,
             settings.chamfer_weight,
             settings.release_steps,
+            setup.target_images is not None and setup.target_grid_mass is not None,
         )
 
     @property

@@ -289,16 +289,21 @@ def episode_metrics(problem: EpisodeProblem, result: EpisodeResult | E2EResult, 
         "plastic_strain_mean": final.plastic_strain.mean().item(),
         "plastic_strain_max": final.plastic_strain.max().item(),
     }
+    before = after = None
+    if setup.target_grid_mass is not None:
+        before = problem.mass_loss(problem.rollout(problem.zero_controls())).item()
+        after = problem.mass_loss(result.trajectory).item()
     if setup.target_points is None:
+        # image-only: no target shape; the mass loss, if any, is against the carved visual hull
         return metrics | {
             "mass_loss_before": None,
             "mass_loss_after": None,
+            "hull_mass_loss_before": before,
+            "hull_mass_loss_after": after,
             "chamfer_before": None,
             "chamfer_after": None,
             "chamfer_after_driven": None,
         }
-    before = problem.mass_loss(problem.rollout(problem.zero_controls())).item()
-    after = problem.mass_loss(result.trajectory).item()
     return metrics | {
         "mass_loss_before": before,
         "mass_loss_after": after,

@@ -12,6 +12,8 @@ from physmorph.config import MorphConfig, PlasticityConfig, SimulationConfig
 from physmorph.errors import ConfigError, InputError
 from physmorph.geometry.config import ShapeConfig, build_shape
 from physmorph.geometry.fill import MaterialPoints, fill_mesh
+from physmorph.geometry.visual_hull import carve_visual_hull
+from physmorph.io.targets import TargetImages, load_image_targets
 from physmorph.mpm import Grid, Material, Model, State, grid_volume_estimate, splat_mass
 from physmorph.mpm.plasticity import Plasticity
 from physmorph.optimize.memory import check_fits, rollout_bytes
@@ -28,13 +30,16 @@ class MorphSetup:
     model:            MPM model of the source body
     initial:          source particles at rest
     target_points:    target particle positions [M, 3], grid units (None: image-only target)
-    target_grid_mass: target mass field on the grid, flat [G] (None: image-only target)
+    target_grid_mass: target mass field on the grid, flat [G]; for an image-only target, the
+                      field of the visual hull carved from the images (None: no hull term)
+    target_images:    the image-only target's views (None: the target is a shape)
     """
 
     model: Model
     initial: State
     target_points: torch.Tensor | None
     target_grid_mass: torch.Tensor | None
+    target_images: TargetImages | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,6 +133,15 @@ def make_model(simulation: SimulationConfig, points: MaterialPoints, material: M
     )
 
 
+def load_target_folder(config: MorphConfig, dtype: torch.dtype, device: torch.device) -> TargetImages:
+    """The image-only target of `config` (e2e.target_images, relative to the config's folder)."""
+    folder = Path(config.e2e.target_images)
+    if not folder.is_absolute():
+        folder = config.base_dir / folder
+    sim = config.simulation
+    return load_image_targets(folder, (sim.grid_min_point, sim.grid_max_point), dtype, device)
+
+
 def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> MorphSetup:
     """Fill source and target, build the model and the target mesh field; refuses, before
     filling, a run whose estimated memory exceeds what `device` has free."""
@@ -156,7 +170,19 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
     source = fill_body(config, "source", dtype, device, meshes[0])
     model = make_model(sim, source, material)
     if image_only:
-        return MorphSetup(model, State.at_rest(source.positions), None, None)
+        images = load_target_folder(config, dtype, device)
+        hull_mass = None
+        if config.loss.w_hull > 0:
+            hull = carve_visual_hull(
+                images,
+                box_min=sim.grid_min_point,
+                box_max=sim.grid_max_point,
+                spacing=source.spacing,
+                density=sim.density,
+                margin=sim.boundary_cells * sim.grid_dx,
+            )
+            hull_mass = splat_mass(hull.positions, hull.masses, model.grid, sim.kernel)
+        return MorphSetup(model, State.at_rest(source.positions), None, hull_mass, images)
     target = fill_body(config, "target", dtype, device, meshes[1])
     target_grid_mass = splat_mass(target.positions, target.masses, model.grid, sim.kernel)
     return MorphSetup(model, State.at_rest(source.positions), target.positions, target_grid_mass)
