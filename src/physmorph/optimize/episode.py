@@ -53,7 +53,7 @@ class EpisodeProblem:
             settings.checkpoint_steps,
             settings.backend,
             settings.arrival_speed_weight,
-            setup.target_points,
+            setup.target_points if setup.target_points is not None else setup.hull_points,
             settings.chamfer_weight,
             settings.release_steps,
             setup.target_images is not None and setup.target_grid_mass is not None,
@@ -105,7 +105,7 @@ class EpisodeProblem:
     def loss(self, trajectory: Trajectory) -> torch.Tensor:
         """Mass loss of the last state, plus `arrival_speed_weight` · mean |v|² of the last state
         (so the body arrives at rest and the next episode does not overshoot), plus
-        `chamfer_weight` · its Chamfer distance to the target particles when there are any
+        `chamfer_weight` · its Chamfer distance to the target particles (or an image target's hull) when there are any
         (the mass field barely sees a few stray particles or a thin missing feature)."""
         return self.loss_and_distance(trajectory)[0]
 

@@ -33,6 +33,7 @@ class MorphSetup:
     target_grid_mass: target mass field on the grid, flat [G]; for an image-only target, the
                       field of the visual hull carved from the images (None: no hull term)
     target_images:    the image-only target's views (None: the target is a shape)
+    hull_points:      the image-only target's visual hull as points [H, 3] (None: no hull)
     """
 
     model: Model
@@ -40,6 +41,7 @@ class MorphSetup:
     target_points: torch.Tensor | None
     target_grid_mass: torch.Tensor | None
     target_images: TargetImages | None = None
+    hull_points: torch.Tensor | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -171,7 +173,7 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
     model = make_model(sim, source, material)
     if image_only:
         images = load_target_folder(config, dtype, device)
-        hull_mass = None
+        hull_mass = hull = None
         if config.loss.w_hull > 0:
             hull = carve_visual_hull(
                 images,
@@ -182,7 +184,8 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
                 margin=sim.boundary_cells * sim.grid_dx,
             )
             hull_mass = splat_mass(hull.positions, hull.masses, model.grid, sim.kernel)
-        return MorphSetup(model, State.at_rest(source.positions), None, hull_mass, images)
+        hull_points = None if hull is None else hull.positions
+        return MorphSetup(model, State.at_rest(source.positions), None, hull_mass, images, hull_points)
     target = fill_body(config, "target", dtype, device, meshes[1])
     target_grid_mass = splat_mass(target.positions, target.masses, model.grid, sim.kernel)
     return MorphSetup(model, State.at_rest(source.positions), target.positions, target_grid_mass)
