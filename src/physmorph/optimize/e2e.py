@@ -334,7 +334,8 @@ def e2e_loss(
     progress: float = 1.0,
     parameters: Sequence[torch.Tensor] | None = None,
 ) -> E2EEvaluation:
-    """w_phys · physics loss + weighted render terms at training `progress` ∈ [0, 1] for `controls`
+    """The anchor term (w_phys · physics loss, or w_hull · hull loss for an image-only target;
+    see `anchor_term`) + weighted render terms at training `progress` ∈ [0, 1] for `controls`
     [K, N, 3, 3] and `material` (default the problem's): one graph back to the controls and any
     material tensor requiring grad.
 
