@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from physmorph.config import config_from_mapping
+from physmorph.mpm.simulate import SAVED_BYTES_PER_PARTICLE_STEP
 from physmorph.optimize.episode import EpisodeProblem
-from physmorph.optimize.memory import SAVED_BYTES_PER_PARTICLE_STEP
 from physmorph.optimize.setup import build_setup
 
 STEPS = 4

@@ -1,3 +1,6 @@
+import importlib
+import warnings
+
 import pytest
 import torch
 
@@ -148,3 +151,33 @@ def test_triton_backend_on_cpu_is_a_clear_error():
     x = lattice_block(0.5)
     with pytest.raises(InputError, match="backend 'triton' needs CUDA"):
         simulate(State.at_rest(x), block_model(x), 1, backend="triton")
+
+
+def test_a_rollout_whose_graph_does_not_fit_recomputes_its_steps(monkeypatch):
+    # the module, not the function physmorph.mpm exports under its name
+    simulate_module = importlib.import_module("physmorph.mpm.simulate")
+    x = lattice_block(0.5, 0.25)
+    model = block_model(x, 0.25)
+    initial = random_state(x, seed=2, scale=0.05)
+    controls = 0.02 * torch.randn(4, len(x), 3, 3, dtype=DT, generator=torch.Generator().manual_seed(3))
+    calls = []
+    original = simulate_module.checkpoint
+    monkeypatch.setattr(simulate_module, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    results = []
+    for free in (1e15, 1.0):  # bytes the device has free: plenty, then too little for the graph
+        monkeypatch.setattr(simulate_module, "free_memory", lambda device, free=free: free)
+        leaf = controls.clone().requires_grad_()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trajectory = simulate(initial, model, 5, leaf)
+            ((trajectory.positions[-1] ** 2).sum() + trajectory.deformation_gradients[-1].sum()).backward()
+        results.append((trajectory.positions, leaf.grad, [w.category for w in caught]))
+        assert len(calls) == (0 if free > 1 else 5)
+    assert simulate_module.CheckpointingWarning not in results[0][2]
+    assert simulate_module.CheckpointingWarning in results[1][2]
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+    # without autograd nothing is recomputed, whatever the memory
+    with torch.no_grad():
+        simulate(initial, model, 5, controls)
+    assert len(calls) == 5

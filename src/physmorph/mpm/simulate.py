@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -13,6 +15,20 @@ from torch.utils.checkpoint import checkpoint
 from physmorph.errors import InputError, SimulationDiverged
 from physmorph.mpm.state import Model, State
 from physmorph.mpm.step import escaped, step
+
+# Bytes that autograd keeps per particle and MPM step in float32 (twice that in float64): the
+# stencil weights, offsets and per-node products of P2G and G2P. Measured with
+# torch.autograd.graph.saved_tensors_hooks on a torch-backend rollout (cubic: 4220-4330,
+# quadratic: 2310-2420 bytes; benchmarks/autograd_memory.py), rounded up.
+SAVED_BYTES_PER_PARTICLE_STEP = {"cubic": 4400, "quadratic": 2500}
+# A rollout keeps its whole autograd graph only if the graph takes at most this share of the
+# device's free memory; the rest is for the states, the losses, the renderer and the backward.
+GRAPH_SHARE_OF_FREE = 0.5
+
+
+class CheckpointingWarning(UserWarning):
+    """A rollout recomputes its steps in backward because its graph would not fit in memory."""
+
 
 StepFunction = Callable[[State, Model, "torch.Tensor | None", "torch.Tensor | None"], State]
 Backend = Literal["auto", "torch", "triton"]
@@ -34,6 +50,27 @@ def select_step(backend: Backend, device: torch.device) -> StepFunction:
     from physmorph.mpm.fused import fused_step
 
     return fused_step
+
+
+def free_memory(device: torch.device) -> float:
+    """Bytes `device` can still give: the GPU's free memory plus PyTorch's cached blocks, or the
+    host's MemAvailable."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def graph_bytes(num_particles: int, num_steps: int, kernel: str, itemsize: int) -> float:
+    """Estimated bytes of the autograd graph of a rollout kept whole (without checkpointing)."""
+    return SAVED_BYTES_PER_PARTICLE_STEP[kernel] * itemsize / 4 * num_particles * num_steps
 
 
 @dataclass
@@ -99,7 +136,10 @@ def simulate(
                           steps before `start_step` are ignored)
     forces:               per-particle forces [N, 3] (every step) or [num_steps, N, 3]
     checkpoint_steps:     keep only each step's state for backward and recompute the step's
-                          intermediates, so memory is O(T · state) rather than O(T · step)
+                          intermediates, so memory is O(T · state) rather than O(T · step).
+                          False checkpoints anyway (with a CheckpointingWarning) when autograd
+                          is on and the whole graph (graph_bytes) would take more than
+                          GRAPH_SHARE_OF_FREE of the device's free memory
     backend:              'torch' (reference), 'triton' (fused GPU kernels) or 'auto' (see select_step)
     start_step:           the step number of `initial` (to resume an episode mid-way)
     on_step:              called with each finished step's number (e.g. a progress bar)
@@ -118,6 +158,8 @@ def simulate(
     if forces is not None and forces.shape not in ((n, 3), (num_steps, n, 3)):
         raise InputError(f"forces has shape {tuple(forces.shape)}; expected ({n}, 3) or ({num_steps}, {n}, 3)")
     control_at = {t: k for k, t in enumerate(steps_with_control)}
+    if not checkpoint_steps and torch.is_grad_enabled():
+        checkpoint_steps = _graph_does_not_fit(initial, model, num_steps - start_step)
 
     def advance(state_tensors: tuple[torch.Tensor, ...], control: torch.Tensor | None, force: torch.Tensor | None):
         return step_function(State(*state_tensors), model, control, force).tensors
@@ -150,6 +192,22 @@ def simulate(
     if check_divergence and bad_counts:
         _raise_if_diverged(torch.stack(bad_counts).tolist(), n, start_step)
     return Trajectory(*(torch.stack(series) for series in zip(*history)))
+
+
+def _graph_does_not_fit(initial: State, model: Model, num_steps: int) -> bool:
+    positions = initial.positions
+    needed = graph_bytes(initial.num_particles, num_steps, model.kernel, positions.element_size())
+    free = free_memory(positions.device)
+    if needed <= GRAPH_SHARE_OF_FREE * free:
+        return False
+    warnings.warn(
+        f"the autograd graph of {initial.num_particles} particles × {num_steps} steps would take about "
+        f"{needed / 2**30:.3g} GiB of {free / 2**30:.3g} GiB free on {positions.device}: recomputing each "
+        "step in backward (checkpoint_steps); set optimization.checkpoint_steps: true to say so",
+        CheckpointingWarning,
+        stacklevel=3,
+    )
+    return True
 
 
 def _raise_if_diverged(bad_counts: list[int], num_particles: int, start_step: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,12 +12,8 @@ import trimesh
 
 from physmorph.config import SimulationConfig
 from physmorph.errors import InputError
+from physmorph.mpm.simulate import SAVED_BYTES_PER_PARTICLE_STEP, free_memory
 
-# Bytes that autograd keeps per particle and MPM step in float32 (twice that in float64): the
-# stencil weights, offsets and per-node products of P2G and G2P. Measured with
-# torch.autograd.graph.saved_tensors_hooks on a torch-backend rollout (cubic: 4220-4330,
-# quadratic: 2310-2420 bytes), rounded up.
-SAVED_BYTES_PER_PARTICLE_STEP = {"cubic": 4400, "quadratic": 2500}
 # A state (x, v, F, C: 24 numbers) per particle and step is all a rollout without gradient keeps.
 STATE_VALUES = 24
 # The fill's lattice: int64 ray-crossing counts, a bool mask and the kept indices, per lattice point.
@@ -44,18 +40,17 @@ def format_bytes(count: float) -> str:
 
 
 def available_bytes(device: torch.device) -> float:
-    """Free memory of `device`: the GPU's free memory, or the host's MemAvailable."""
+    """Free memory of `device` (mpm.simulate.free_memory: the GPU's free and cached memory, or the
+    host's MemAvailable)."""
+    return free_memory(device)
+
+
+def peak_bytes(device: torch.device) -> float:
+    """The most memory this process has held: PyTorch's peak allocation on a GPU, the peak
+    resident set on the CPU."""
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return float(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as stream:
-            for line in stream:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        return float(torch.cuda.max_memory_allocated(device))
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def check_fits(estimate: Estimate, what: str, device: torch.device, fix: str) -> None:
@@ -115,3 +110,31 @@ def render_bytes(size: tuple[int, int], views: int, frames: int) -> Estimate:
     pixels = float(width) * float(height)
     total = pixels * RENDER_BYTES_PER_PIXEL + pixels * 3 * 4 * frames
     return Estimate(total, f"{width}x{height} pixels, {frames} video frames, {views} views")
+
+
+def check_rollout_fits(
+    meshes: Sequence[trimesh.Trimesh],
+    simulation: SimulationConfig,
+    num_steps: int,
+    itemsize: int,
+    device: torch.device,
+    checkpoint_steps: bool,
+    what: str,
+    fix: str,
+) -> Estimate:
+    """The estimate of a differentiable rollout that will run: the whole graph when it fits in
+    the free memory of `device`, else with each step recomputed in backward (what
+    mpm.simulate chooses by itself, or always with `checkpoint_steps`). InputError, with both
+    estimates and `fix`, when even that does not fit."""
+    free = available_bytes(device)
+    whole = rollout_bytes(meshes, simulation, num_steps, itemsize, True, False)
+    if not checkpoint_steps and whole.bytes <= free:
+        return whole
+    recomputed = rollout_bytes(meshes, simulation, num_steps, itemsize, True, True)
+    if recomputed.bytes > free:
+        raise InputError(
+            f"{what} needs about {format_bytes(recomputed.bytes)} even with each MPM step recomputed in "
+            f"backward ({format_bytes(whole.bytes)} without; {recomputed.account}) but {device} has "
+            f"{format_bytes(free)} free; {fix}"
+        )
+    return recomputed

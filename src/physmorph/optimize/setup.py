@@ -16,7 +16,7 @@ from physmorph.geometry.visual_hull import carve_visual_hull
 from physmorph.io.targets import TargetImages, load_image_targets
 from physmorph.mpm import Grid, Material, Model, State, grid_volume_estimate, splat_mass
 from physmorph.mpm.plasticity import Plasticity
-from physmorph.optimize.memory import check_fits, rollout_bytes
+from physmorph.optimize.memory import check_rollout_fits
 
 # Fewer material points than a 3 × 3 × 3 block cannot resolve a deformation: a shape that
 # small for the lattice is almost certainly a unit mistake (a mesh in metres on a grid in cm).
@@ -160,13 +160,17 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
         meshes.append(build_body(config.target, config.base_dir, "target"))
     settings = config.optimization
     itemsize = torch.finfo(dtype).bits // 8
-    estimate = rollout_bytes(meshes, sim, settings.num_timesteps, itemsize, True, settings.checkpoint_steps)
-    check_fits(
-        estimate,
-        "this morph",
+    # a rollout that would not fit whole recomputes its steps in backward (mpm.simulate)
+    check_rollout_fits(
+        meshes,
+        sim,
+        settings.num_timesteps,
+        itemsize,
         device,
+        settings.checkpoint_steps,
+        "this morph",
         "lower simulation.points_per_cell_cuberoot or optimization.num_timesteps, shrink the shapes or the grid, "
-        "or set optimization.checkpoint_steps: true",
+        "or run on a device with more memory",
     )
     material = make_material(sim, dtype, device)
     source = fill_body(config, "source", dtype, device, meshes[0])
