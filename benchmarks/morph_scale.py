@@ -7,8 +7,9 @@
 For each dx: one Chamfer evaluation (initial state vs target particles), one binding of M
 Gaussians, `--episodes` physics episodes (Adam, the config's loss) and `--e2e-episodes`
 end-to-end episodes (M Gaussians, `--views` views at `--resolution`²) from the physics
-episodes' end state. Per run: seconds, seconds per phase, peak GPU memory and the Chamfer
-distance after it. dt and the number of steps scale with dx (the same physical time); a
+episodes' end state. Per run: seconds, seconds per phase, peak memory (GPU: PyTorch's peak
+allocation in the run; CPU: the process's peak resident set so far) and the Chamfer distance
+after it. dt and the number of steps scale with dx (the same physical time); a
 configuration that fails (out of memory, say) is a row of the table saying so, not a crash.
 """
 
@@ -34,6 +35,7 @@ from physmorph.losses.render_losses import RenderLossConfig
 from physmorph.optimize import e2e
 from physmorph.optimize.e2e import RenderSettings, optimize_e2e, target_images_from_particles
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam
+from physmorph.optimize.memory import peak_bytes
 from physmorph.optimize.setup import build_setup
 from physmorph.render import intrinsics_from_fov, orbit_cameras
 from physmorph.surface import SurfaceConfig, bind_surface
@@ -133,7 +135,8 @@ def reference_config(meshes: Path) -> MorphConfig:
 
 
 def _peak_gib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+    """GPU: PyTorch's peak allocation during the run; CPU: the process's peak resident set so far."""
+    return peak_bytes(device) / 2**30
 
 
 def _reset_peak(device: torch.device) -> None:

@@ -81,11 +81,12 @@ class ImplicitSurface:
         of its expected count, far more even than independent draws), jittered within their cell
         and projected onto the surface. Randomness is drawn on the generator's device.
         """
-        weights = self.band_weights().double().cpu()
+        # on the fields' device: a GPU grid of tens of millions of nodes never visits the host
+        weights = self.band_weights().double()
         cumulative = torch.cumsum(weights, 0)
-        offset = torch.rand((), generator=generator, dtype=torch.float64, device=generator.device).cpu()
-        ticks = (torch.arange(count, dtype=torch.float64) + offset) * (float(cumulative[-1]) / count)
-        nodes = torch.searchsorted(cumulative, ticks).clamp(max=len(weights) - 1).to(self.fields.device)
+        offset = torch.rand((), generator=generator, dtype=torch.float64, device=generator.device)
+        ticks = torch.arange(count, dtype=torch.float64, device=weights.device) + offset.to(weights.device)
+        nodes = torch.searchsorted(cumulative, ticks * (cumulative[-1] / count)).clamp(max=len(weights) - 1)
         jitter = torch.rand(count, 3, generator=generator, dtype=torch.float64, device=generator.device)
         coordinates = torch.stack(
             (nodes // (self.shape[1] * self.shape[2]), (nodes // self.shape[2]) % self.shape[1], nodes % self.shape[2]),
