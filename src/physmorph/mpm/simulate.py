@@ -21,6 +21,9 @@ from physmorph.mpm.step import escaped, step
 # torch.autograd.graph.saved_tensors_hooks on a torch-backend rollout (cubic: 4220-4330,
 # quadratic: 2310-2420 bytes; benchmarks/autograd_memory.py), rounded up.
 SAVED_BYTES_PER_PARTICLE_STEP = {"cubic": 4400, "quadratic": 2500}
+# The fused step (mpm.fused) saves only its inputs for backward: x, v, F, C, the control and
+# the Lamé parameters (35 values) and the particles' cell order and key (12 bytes), in float32.
+FUSED_SAVED_BYTES_PER_PARTICLE_STEP = 35 * 4 + 12
 # A rollout keeps its whole autograd graph only if the graph takes at most this share of the
 # device's free memory; the rest is for the states, the losses, the renderer and the backward.
 GRAPH_SHARE_OF_FREE = 0.5
@@ -68,9 +71,11 @@ def free_memory(device: torch.device) -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def graph_bytes(num_particles: int, num_steps: int, kernel: str, itemsize: int) -> float:
-    """Estimated bytes of the autograd graph of a rollout kept whole (without checkpointing)."""
-    return SAVED_BYTES_PER_PARTICLE_STEP[kernel] * itemsize / 4 * num_particles * num_steps
+def graph_bytes(num_particles: int, num_steps: int, kernel: str, itemsize: int, fused: bool = False) -> float:
+    """Estimated bytes of the autograd graph of a rollout kept whole (without checkpointing), for
+    the reference step or the fused one."""
+    per_step = FUSED_SAVED_BYTES_PER_PARTICLE_STEP if fused else SAVED_BYTES_PER_PARTICLE_STEP[kernel]
+    return per_step * itemsize / 4 * num_particles * num_steps
 
 
 @dataclass
@@ -159,7 +164,7 @@ def simulate(
         raise InputError(f"forces has shape {tuple(forces.shape)}; expected ({n}, 3) or ({num_steps}, {n}, 3)")
     control_at = {t: k for k, t in enumerate(steps_with_control)}
     if not checkpoint_steps and torch.is_grad_enabled():
-        checkpoint_steps = _graph_does_not_fit(initial, model, num_steps - start_step)
+        checkpoint_steps = _graph_does_not_fit(initial, model, num_steps - start_step, step_function is not step)
 
     def advance(state_tensors: tuple[torch.Tensor, ...], control: torch.Tensor | None, force: torch.Tensor | None):
         return step_function(State(*state_tensors), model, control, force).tensors
@@ -194,9 +199,9 @@ def simulate(
     return Trajectory(*(torch.stack(series) for series in zip(*history)))
 
 
-def _graph_does_not_fit(initial: State, model: Model, num_steps: int) -> bool:
+def _graph_does_not_fit(initial: State, model: Model, num_steps: int, fused: bool) -> bool:
     positions = initial.positions
-    needed = graph_bytes(initial.num_particles, num_steps, model.kernel, positions.element_size())
+    needed = graph_bytes(initial.num_particles, num_steps, model.kernel, positions.element_size(), fused)
     free = free_memory(positions.device)
     if needed <= GRAPH_SHARE_OF_FREE * free:
         return False
