@@ -241,7 +241,11 @@ def run_configuration(
         def physics(row: Row, state=state) -> None:
             clock = PhaseClock(device)
             problem = EpisodeProblem.of(setup, state, config.optimization)
-            with clock.timing(EpisodeProblem, "rollout", "simulate"), clock.timing(EpisodeProblem, "loss", "loss"):
+            with (
+                clock.timing(EpisodeProblem, "rollout", "simulate"),
+                clock.timing(EpisodeProblem, "loss_and_distance", "loss"),
+                clock.timing(EpisodeProblem, "distance", "loss"),
+            ):
                 synchronize(device)
                 start = time.perf_counter()
                 result = optimize_adam(problem, config.optimization)
@@ -275,7 +279,8 @@ def run_configuration(
             # the one binding (made on the rest state) follows the particles into any later state
             with (
                 clock.timing(EpisodeProblem, "rollout", "simulate"),
-                clock.timing(EpisodeProblem, "loss", "loss"),
+                clock.timing(EpisodeProblem, "loss_and_distance", "loss"),
+                clock.timing(EpisodeProblem, "distance", "loss"),
                 clock.timing(e2e, "render_state", "render"),
             ):
                 synchronize(device)
