@@ -1,5 +1,5 @@
-"""Image losses pay off on a small CPU morph: e2e beats physics-only on held-out mesh IoU, and images
-alone (with their visual hull) come close to the mesh-supervised morph."""
+"""Image losses pay off on a small CPU morph: e2e beats physics-only on held-out mesh IoU, and an
+image-only target's visual hull pulls the controls as the true target does."""
 
 from __future__ import annotations
 
@@ -11,14 +11,11 @@ import pytest
 import torch
 
 from physmorph.config import config_from_mapping
-from physmorph.io.run_folder import RunPaths
 from physmorph.io.targets import save_image_targets
-from physmorph.losses import chamfer_distance
 from physmorph.optimize.e2e_run import MeshViews
-from physmorph.optimize.run import load_state, run_morph
+from physmorph.optimize.episode import EpisodeProblem
+from physmorph.optimize.run import run_morph
 from physmorph.optimize.setup import build_setup
-from physmorph.optimize.views import render_settings
-from physmorph.surface import bind_surface
 
 from .test_mesh_views import TINY
 
@@ -44,33 +41,35 @@ def test_e2e_with_default_settings_beats_physics_only_on_heldout_mesh_iou(tmp_pa
     assert e2e_chamfer < physics_chamfer * 1.02
 
 
-@pytest.mark.slow
-def test_image_only_with_the_visual_hull_morphs_close_to_the_mesh_supervised_morph(tmp_path):
-    # a step size at which physics-only moves this small body (at SMALL's it only overshoots)
-    small = copy.deepcopy(SMALL)
-    small["optimization"]["learning_rate"] = 0.005
-    small["e2e"]["num_train_views"] = 4  # the benchmark's count: two views leave a loose hull
-    config = config_from_mapping(copy.deepcopy(small))
-    setup = build_setup(config, torch.device("cpu"))
+def _gradient(problem: EpisodeProblem, loss) -> torch.Tensor:
+    controls = problem.zero_controls().requires_grad_()
+    (gradient,) = torch.autograd.grad(loss(problem.rollout(controls)), controls)
+    return gradient.flatten()
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_the_visual_hull_pulls_an_image_only_morph_the_way_the_true_target_does(tmp_path):
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    config = config_from_mapping(copy.deepcopy(SMALL) | {"mode": "e2e"})
+    setup = build_setup(config, cpu, torch.float64)
     views = MeshViews.build(config, setup)
     save_image_targets(tmp_path / "images", views.train)
-    scores = {}
-    for name, hull_weight in (("physics", None), ("hull", 1.0), ("no hull", 0.0)):
-        mapping = copy.deepcopy(small)
-        if hull_weight is not None:
-            mapping["mode"] = "e2e"
-            mapping["optimization"]["loss"] = {"w_phys": 0.0, "w_hull": hull_weight}
-            mapping["e2e"]["target_images"] = str(tmp_path / "images")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            run_morph(config_from_mapping(mapping), tmp_path / name, progress=False)
-        final = load_state(RunPaths(tmp_path / name).state(1), torch.device("cpu"), setup.initial.num_particles)
-        binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
-        heldout = views.iou(final, binding, render_settings(config))["heldout"]
-        scores[name] = (chamfer_distance(final.positions, setup.target_points).item(), float(np.mean(heldout)))
-    # Measured (Chamfer, held-out IoU): physics (0.239, 0.702), hull (0.279, 0.709), no hull
-    # (0.291, 0.782). The hull is what moves the body in 3D; the image terms alone fit the
-    # silhouettes but leave the body farther from the target.
-    assert scores["hull"][0] < scores["no hull"][0]
-    assert scores["hull"][0] < 1.25 * scores["physics"][0]
-    assert scores["hull"][1] > scores["physics"][1] - 0.01
+    image_only = copy.deepcopy(SMALL) | {"mode": "e2e"}
+    image_only["e2e"]["target_images"] = str(tmp_path / "images")
+    image_only["optimization"]["loss"] = {"w_phys": 0.0}
+    image_config = config_from_mapping(image_only)
+    hull_setup = build_setup(image_config, cpu, torch.float64)
+    truth = EpisodeProblem.of(setup, setup.initial, config.optimization)
+    hull = EpisodeProblem.of(hull_setup, hull_setup.initial, image_config.optimization)
+    assert hull.target_is_hull and not truth.target_is_hull
+
+    # Measured: cosine 0.68 between the hull's pull on the controls at rest and the true
+    # target's (the hull is the target plus what no camera sees). The image terms alone reach
+    # only the Gaussians at the silhouette; at this size they point much the same way (0.61),
+    # at the bunny's they barely move the body (BENCHMARKS.md: Chamfer 0.48 without the hull,
+    # 0.30 with it, 0.25 with the mesh).
+    assert _cosine(_gradient(hull, hull.loss), _gradient(truth, truth.loss)) > 0.6
