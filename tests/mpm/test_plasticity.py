@@ -26,6 +26,18 @@ def deviatoric_norm(F: torch.Tensor) -> torch.Tensor:
     return deviatoric(hencky_strain(F)).norm(dim=(-1, -2))
 
 
+def composed_return_mapping(
+    F: torch.Tensor, alpha: torch.Tensor, mu: torch.Tensor | float, plasticity: Plasticity
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The return mapping composed of differentiable pieces (log, norm, matrix exp), an oracle for
+    the hand-written adjoint: Fe = exp((r / max(‖ε̂‖, r) − 1) ε̂) F, α' = α + max(‖ε̂‖, r) − r."""
+    radius = (plasticity.yield_stress + plasticity.hardening * alpha) / (2.0 * mu)
+    strain = deviatoric(hencky_strain(F))
+    length = torch.sqrt(torch.maximum((strain**2).sum(dim=(-1, -2)), radius**2))
+    shrink = radius / length - 1.0
+    return torch.linalg.matrix_exp(shrink[..., None, None] * strain) @ F, alpha + (length - radius)
+
+
 def mixed_gradients(seed: int = 0) -> torch.Tensor:
     """Six F: rotated stretches far beyond, near and inside a yield radius of 0.05."""
     g = torch.Generator().manual_seed(seed)
@@ -112,3 +124,46 @@ def test_return_mapping_gradcheck():
         return return_mapping(F, alpha, mu, Plasticity(tau_y, hardening=30.0))
 
     assert torch.autograd.gradcheck(mapped, (F, alpha, mu, tau_y))
+
+
+def repeated_eigenvalue_gradients() -> torch.Tensor:
+    """F whose F Fᵀ has repeated eigenvalues, flowing (uniaxial stretches) and not (I, rotations)."""
+    return torch.stack(
+        [
+            torch.eye(3, dtype=DT),
+            rotation([1, 2, 3], 0.7),
+            rotation([1, -1, 2], 0.9) @ stretch(1.3, 1 / 1.3, 1.0),
+            rotation([1, 1, 0], 0.4) @ stretch(1.2, 1.2, 1 / 1.44) @ rotation([0, 0, 1], 1.0),
+            stretch(1.5, 1.0, 1.0),
+        ]
+    )
+
+
+def test_return_mapping_matches_the_composed_mapping_in_values_and_gradients():
+    F = torch.cat([mixed_gradients(seed=5), repeated_eigenvalue_gradients()])
+    g = torch.Generator().manual_seed(6)
+    leaves = (F, torch.rand(len(F), generator=g, dtype=DT), 200.0 + 50.0 * torch.rand(len(F), generator=g, dtype=DT))
+    cotangents = (torch.randn(F.shape, generator=g, dtype=DT), torch.randn(len(F), generator=g, dtype=DT))
+    plasticity = Plasticity(yield_stress=torch.tensor(20.0, dtype=DT), hardening=torch.tensor(30.0, dtype=DT))
+    results = []
+    for mapping in (return_mapping, composed_return_mapping):
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        tau_y, H = (t.clone().requires_grad_() for t in (plasticity.yield_stress, plasticity.hardening))
+        out = mapping(*inputs, Plasticity(tau_y, H))
+        results.append([o.detach() for o in out] + list(torch.autograd.grad(out, [*inputs, tau_y, H], cotangents)))
+    flowing = results[0][1] > leaves[1]
+    assert flowing.sum() >= 5 and (~flowing).sum() >= 3
+    for ours, composed in zip(*results):
+        torch.testing.assert_close(ours, composed, rtol=1e-9, atol=1e-9)
+
+
+def test_return_mapping_gradcheck_in_hardening_and_at_repeated_eigenvalues():
+    # uniaxial stretches flow with two equal eigenvalues; I and rotations stay inside the surface
+    F = repeated_eigenvalue_gradients().requires_grad_()
+    alpha = torch.full((len(F),), 0.2, dtype=DT, requires_grad=True)
+    hardening = torch.tensor(30.0, dtype=DT, requires_grad=True)
+
+    def mapped(F, alpha, hardening):
+        return return_mapping(F, alpha, MU, Plasticity(2 * MU * 0.05, hardening))
+
+    assert torch.autograd.gradcheck(mapped, (F, alpha, hardening))
