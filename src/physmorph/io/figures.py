@@ -89,21 +89,24 @@ def particle_frames(
     clouds = [_numpy(f) for f in frames]
     target_cloud = _numpy(target)
     bounds = _bounds(*clouds, target_cloud)
-    images = []
-    figure = Figure(figsize=(2 * size / 100, size / 100), dpi=100)
+    figure = Figure(figsize=(size / 100, size / 100), dpi=100)
     FigureCanvasAgg(figure)
-    for cloud, caption in zip(clouds, captions):
+
+    def panel(points: np.ndarray, color: str, label: str) -> np.ndarray:
         figure.clear()
-        for column, (points, color, label) in enumerate(
-            ((cloud, CURRENT_COLOR, caption), (target_cloud, TARGET_COLOR, "target"))
-        ):
-            axis = figure.add_subplot(1, 2, column + 1, projection="3d")
-            _scatter(axis, points, color, bounds)
-            axis.view_init(*VIEWS[0])
-            axis.set_title(label, fontsize=9)
+        axis = figure.add_subplot(1, 1, 1, projection="3d")
+        _scatter(axis, points, color, bounds)
+        axis.view_init(*VIEWS[0])
+        axis.set_title(label, fontsize=9)
         figure.canvas.draw()
-        images.append(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
-    return images
+        return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+    # the target panel is the same in every frame: drawn once (3D scatters dominate the video's time)
+    target_panel = panel(target_cloud, TARGET_COLOR, "target")
+    return [
+        np.concatenate((panel(cloud, CURRENT_COLOR, caption), target_panel), axis=1)
+        for cloud, caption in zip(clouds, captions)
+    ]
 
 
 def labelled_panels(
