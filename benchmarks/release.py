@@ -7,8 +7,8 @@ Each shape is morphed with the demo config's physics and optimiser (src/physmorp
 demo.yaml: von Mises plasticity and release steps); 'demo' is the demo's own ball → blob, 'bunny'
 and 'spot' start from the reference's isosphere (meshes from --meshes; a shape whose mesh is
 missing is reported and skipped). Variant 'config' keeps demo.yaml's settings, 'elastic' turns
-plasticity and the release phase off and restores the default arrival-speed weight (the morph
-as it was before issue 16). After the last episode the body
+plasticity and the release phase off and restores the default arrival-speed weight and learning
+rate (the morph as it was before issue 16). After the last episode the body
 moves freely (no control) for --free-seconds; the table gives the Chamfer (grid units) at the end
 of the morph and after the free motion, and its relative change.
 """
@@ -45,6 +45,7 @@ def shape_config(shape: str, variant: str, meshes: Path, episodes: int) -> Morph
         config.simulation.plasticity = PlasticityConfig()
         config.optimization.release_steps = 0
         config.optimization.arrival_speed_weight = OptimizationConfig().arrival_speed_weight
+        config.optimization.learning_rate = OptimizationConfig().learning_rate
     config.optimization.num_animations = episodes
     return config
 
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--yield-stress", type=float, default=None, help="overrides demo.yaml's (config variant)")
     parser.add_argument("--release-steps", type=int, default=None, help="overrides demo.yaml's (config variant)")
     parser.add_argument("--arrival-speed-weight", type=float, default=None, help="overrides demo.yaml's (config)")
+    parser.add_argument("--hardening", type=float, default=None, help="overrides demo.yaml's (config variant)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="overrides demo.yaml's (config variant)")
     parser.add_argument("--device", default="cpu")
     arguments = parser.parse_args()
     device = torch.device(arguments.device)
@@ -72,14 +75,16 @@ def main() -> None:
         "variant",
         "particles",
         "yield",
+        "H",
         "release",
+        "lr",
         "arrival w",
         "morph s",
         "after morph",
         "after free",
         "change",
     )
-    widths = (6, 8, 9, 7, 7, 9, 8, 11, 10, 7)
+    widths = (6, 8, 9, 7, 7, 7, 6, 9, 8, 11, 10, 7)
     print(" | ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     for shape in arguments.shapes.split(","):
         for variant in arguments.variants.split(","):
@@ -93,6 +98,10 @@ def main() -> None:
                 config.optimization.release_steps = arguments.release_steps
             if variant == "config" and arguments.arrival_speed_weight is not None:
                 config.optimization.arrival_speed_weight = arguments.arrival_speed_weight
+            if variant == "config" and arguments.hardening is not None:
+                config.simulation.plasticity.hardening = arguments.hardening
+            if variant == "config" and arguments.learning_rate is not None:
+                config.optimization.learning_rate = arguments.learning_rate
             settings = config.optimization
             setup = build_setup(config, device)
             state = setup.initial
@@ -108,13 +117,17 @@ def main() -> None:
             after_morph = chamfer_distance(state.positions, setup.target_points).item()
             after_free = chamfer_distance(released.positions, setup.target_points).item()
             plasticity = config.simulation.plasticity
-            yield_text = f"{plasticity.yield_stress:g}" if plasticity.model != "none" else "-"
+            plastic = plasticity.model != "none"
+            yield_text = f"{plasticity.yield_stress:g}" if plastic else "-"
+            hardening_text = f"{plasticity.hardening:g}" if plastic else "-"
             row = (
                 shape,
                 variant,
                 setup.initial.num_particles,
                 yield_text,
+                hardening_text,
                 settings.release_steps,
+                f"{settings.learning_rate:g}",
                 f"{settings.arrival_speed_weight:g}",
                 f"{seconds:.1f}",
                 f"{after_morph:.3f}",
