@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from physmorph.batched import eigh
+from physmorph.batched import eigh, symmetric_eigen3
 
 # Eigenvalues of b = Fe Feᵀ are floored here before the logarithm (a collapsed particle).
 MIN_STRETCH_SQUARED = 1e-12
@@ -99,7 +99,7 @@ def _exp_slope(xi: torch.Tensor, xj: torch.Tensor) -> torch.Tensor:
 
 
 class _ReturnMapping(torch.autograd.Function):
-    """(F [N, 3, 3], α, μ, τ_y, H [N]) → (Fe, α'), one eigen-decomposition of b = F Fᵀ per particle.
+    """(F [N, 3, 3], α, μ, τ_y, H [N]) → (Fe, α'), one Jacobi eigen-decomposition of b = F Fᵀ per particle.
 
     With b = V Λ Vᵀ, d_i = ½ log λ_i − mean (the deviatoric Hencky strain's eigenvalues) and
     s = r / max(‖d‖, r) − 1, Fe = V diag(exp(s d)) Vᵀ F. The backward is the hand adjoint of the
@@ -111,7 +111,7 @@ class _ReturnMapping(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, F, alpha, mu, yield_stress, hardening):  # type: ignore[override]
-        raw, V = eigh(F @ F.transpose(-1, -2))
+        raw, V = symmetric_eigen3(F @ F.transpose(-1, -2))
         free = raw > MIN_STRETCH_SQUARED
         eigenvalues = raw.clamp(min=MIN_STRETCH_SQUARED)
         log_stretch = 0.5 * torch.log(eigenvalues)
