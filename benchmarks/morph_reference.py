@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from physmorph.config import config_from_mapping, config_to_mapping, load_config
+from physmorph.config import UnusedKeysWarning, config_from_mapping, config_to_mapping, load_config
 from physmorph.losses import chamfer_distance
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam, optimize_reference
 from physmorph.optimize.run import ends_no_farther
@@ -65,7 +65,9 @@ def main() -> None:
     if arguments.refine != 1:
         mapping = config_to_mapping(config)
         mapping["simulation"]["refine"] = arguments.refine
-        config = config_from_mapping(mapping, base_dir=config.base_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusedKeysWarning)  # the reference keys, already named once
+            config = config_from_mapping(mapping, base_dir=config.base_dir)
     device = torch.device(arguments.device)
     setup = build_setup(config, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
