@@ -33,6 +33,7 @@ EPISODE_FIELDS = {
     "J_min",
     "J_mean",
     "seconds",
+    "peak_memory_bytes",
 }
 
 

@@ -42,7 +42,7 @@ from physmorph.mpm.fused import supports_fused
 from physmorph.optimize.e2e import E2EResult
 from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
-from physmorph.optimize.memory import check_fits, render_bytes
+from physmorph.optimize.memory import check_fits, peak_bytes, render_bytes
 from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
 from physmorph.optimize.views import mesh_images, render_frames, render_settings, turntable
 from physmorph.surface import SurfaceBinding, bind_surface
@@ -229,6 +229,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         record["chamfer_kept"] = after if record["kept"] else before
         history = [value if math.isfinite(value) else None for value in result.losses]
         record.update({"seconds": seconds, "loss_history": history, **additions})
+        record["peak_memory_bytes"] = peak_bytes(device)  # so far in this process (GPU: PyTorch's allocations)
         if mesh_views is not None:
             record["mesh_iou"] = mesh_views.iou(result.trajectory.final, binding, render_settings(config))
         record["divergences"] = [divergence.as_record() for divergence in result.divergences]
