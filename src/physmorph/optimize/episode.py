@@ -181,8 +181,9 @@ def optimize_adam(
     then the least-loss iterate among those that do not make the morph worse. (The loss can fall
     while the Chamfer rises a little: it also weighs the mass field and the speed.) When every
     iterate ends farther (late in a morph the zero-control start drifts off, and the first steps
-    overshoot), the descent starts again from zero controls with half the learning rate, up to
-    RETRIES times; the loss history holds every attempt's evaluations."""
+    overshoot), or no iterate beats the zero control, the descent starts again from zero controls
+    with half the learning rate, up to RETRIES times; the loss history holds every attempt's
+    evaluations."""
     start = problem.distance(problem.initial)
     losses: list[float] = []
     divergences: list[Divergence] = []
@@ -192,7 +193,9 @@ def optimize_adam(
         offset = len(losses)
         losses += outcome.losses
         divergences += [Divergence(offset + d.iteration, d.reason) for d in outcome.divergences]
-        if admissible or start is None:
+        # a descent none of whose steps beat the zero control overshot from its first step
+        improved = min(outcome.losses[1:], default=math.inf) < outcome.losses[0]
+        if (admissible or start is None) and improved:
             break
     best_controls = problem.controls_from_rates(best)
     with torch.no_grad():
@@ -201,6 +204,7 @@ def optimize_adam(
 
 
 # optimize_adam's descents with halved learning rates when every iterate ends farther from the target
+# or none beats the zero control
 RETRIES = 2
 
 
