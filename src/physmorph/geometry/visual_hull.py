@@ -38,8 +38,8 @@ def carve_visual_hull(
     Each point carries volume h³ and mass density · h³, like `fill_mesh`'s, so the hull's mass
     field compares with the source body's. Points are on the targets' device and dtype.
     """
-    cameras = targets.cameras
     device, dtype = targets.alpha.device, targets.alpha.dtype
+    cameras = targets.cameras.to(device, dtype)
     low = torch.as_tensor(box_min, dtype=torch.float64) + margin
     high = torch.as_tensor(box_max, dtype=torch.float64) - margin
     counts = torch.floor((high - low) / spacing + 1e-9).long() + 1
@@ -53,7 +53,7 @@ def carve_visual_hull(
     for start in range(0, len(axes[0]), per_batch):
         xs = axes[0][start : start + per_batch]
         points = torch.cat([xs.repeat_interleave(plane.shape[0])[:, None], plane.repeat(len(xs), 1)], dim=1)
-        pixels, z = cameras.to(device, dtype).project(points)
+        pixels, z = cameras.project(points)
         column, row = pixels[..., 0].floor().long(), pixels[..., 1].floor().long()
         inside = (column >= 0) & (column < width) & (row >= 0) & (row < height) & (z > cameras.znear)
         index = row.clamp(0, height - 1) * width + column.clamp(0, width - 1)

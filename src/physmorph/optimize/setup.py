@@ -177,19 +177,18 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
     model = make_model(sim, source, material)
     if image_only:
         images = load_target_folder(config, dtype, device)
-        hull_mass = hull = None
-        if config.loss.w_hull > 0:
-            hull = carve_visual_hull(
-                images,
-                box_min=sim.grid_min_point,
-                box_max=sim.grid_max_point,
-                spacing=source.spacing,
-                density=sim.density,
-                margin=sim.boundary_cells * sim.grid_dx,
-            )
-            hull_mass = splat_mass(hull.positions, hull.masses, model.grid, sim.kernel)
-        hull_points = None if hull is None else hull.positions
-        return MorphSetup(model, State.at_rest(source.positions), None, hull_mass, images, hull_points)
+        if config.loss.w_hull == 0:
+            return MorphSetup(model, State.at_rest(source.positions), None, None, images)
+        hull = carve_visual_hull(
+            images,
+            box_min=sim.grid_min_point,
+            box_max=sim.grid_max_point,
+            spacing=source.spacing,
+            density=sim.density,
+            margin=sim.boundary_cells * sim.grid_dx,
+        )
+        hull_mass = splat_mass(hull.positions, hull.masses, model.grid, sim.kernel)
+        return MorphSetup(model, State.at_rest(source.positions), None, hull_mass, images, hull.positions)
     target = fill_body(config, "target", dtype, device, meshes[1])
     target_grid_mass = splat_mass(target.positions, target.masses, model.grid, sim.kernel)
     return MorphSetup(model, State.at_rest(source.positions), target.positions, target_grid_mass)
