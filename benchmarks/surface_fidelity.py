@@ -69,13 +69,22 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="shape names to run (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (render timing)")
     parser.add_argument("--images", type=Path, default=None, help="write truth/render PNGs of view 0 here")
+    parser.add_argument(
+        "--surface",
+        choices=("mesh", "implicit"),
+        default="mesh",
+        help="sample the surfels from the mesh (default, as a morph run does) or from the particles' implicit surface",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     simulation = SimulationConfig()
     settings = RenderSettings()
     cameras_config = E2EConfig(width=args.size, height=args.size)
-    print(f"surface fidelity, {args.views} views at {args.size}², device {device}, {torch.get_num_threads()} threads")
+    print(
+        f"surface fidelity, {args.views} views at {args.size}², device {device}, {torch.get_num_threads()} threads, "
+        f"surfels from the {args.surface} surface"
+    )
     header = (
         f"{'shape':>6} | {'state':>8} | {'M':>7} | {'IoU':>6} | {'holes':>6} | {'far':>6} | {'n mean':>6} | "
         f"{'n p90':>6} | {'depth':>5} | {'speck':>5} | {'bind s':>6} | {'ms/view':>7}"
@@ -103,7 +112,9 @@ def main() -> None:
             lighting, albedo = settings.config.lighting, settings.config.particle_color
             truth = raycast_mesh(truth_mesh, cameras, shading=lighting, color=albedo)
             for count in args.gaussians:
-                row = measure(x, F, state_x, state_F, SurfaceConfig(M=count), cameras.to(device), truth, settings)
+                bound_mesh = mesh if args.surface == "mesh" else None
+                config = SurfaceConfig(M=count)
+                row = measure(x, F, bound_mesh, state_x, state_F, config, cameras.to(device), truth, settings)
                 metrics, bind_seconds, seconds, images = row
                 print(
                     f"{name:>6} | {state:>8} | {count:>7} | {metrics.iou:>6.3f} | {metrics.holes:>6.3f} | "
@@ -116,10 +127,11 @@ def main() -> None:
                     write_view(args.images / f"{name}_{state}_{count}", truth, images)
 
 
-def measure(x, F, state_x, state_F, config, cameras, truth, settings):
-    """Bind at rest (x, F), render the state (state_x, state_F): fidelity, bind s, render s, images."""
+def measure(x, F, mesh, state_x, state_F, config, cameras, truth, settings):
+    """Bind at rest (x, F; to `mesh`'s surface unless it is None), render the state (state_x,
+    state_F): fidelity, bind s, render s, images."""
     cuda = x.is_cuda
-    binding, bind_seconds = timed(lambda: bind_surface(x, F, config), cuda)
+    binding, bind_seconds = timed(lambda: bind_surface(x, F, config, mesh=mesh), cuda)
     with torch.no_grad():
         render_state(state_x, state_F, binding, cameras[:1], settings)  # warm-up
         (_, images), seconds = timed(lambda: render_state(state_x, state_F, binding, cameras, settings), cuda)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import trimesh
 
 from physmorph.config import OptimizationConfig
 from physmorph.errors import ConfigError, InputError
@@ -98,12 +99,14 @@ def target_images_from_particles(
     cameras: Cameras,
     surface: SurfaceConfig,
     settings: RenderSettings | None = None,
+    mesh: trimesh.Trimesh | None = None,
 ) -> TargetImages:
     """Target images of a target particle set [P, 3]: bind and synthesise its surface with F = I
-    and render it with `cameras`, the same way the prediction is rendered (SPEC §8)."""
+    (sampled from `mesh`, the target mesh they were filled from, when given) and render it with
+    `cameras`, the same way the prediction is rendered (SPEC §8)."""
     eye = torch.eye(3, dtype=target_positions.dtype, device=target_positions.device)
     identity = eye.expand(target_positions.shape[0], 3, 3)
-    binding = bind_surface(target_positions, identity, surface)
+    binding = bind_surface(target_positions, identity, surface, mesh=mesh)
     _, images = render_state(target_positions, identity, binding, cameras, settings)
     names = [f"view{index:03d}" for index in range(len(cameras))]
     return TargetImages(cameras, images.alpha, images.depth, images.rgb, names)

@@ -100,7 +100,7 @@ class E2EContext:
         rendered from the target particles (e2e.targets: particles), or an image folder."""
         settings = render_settings(config)
         like = setup.initial.positions
-        binding = bind_surface(like, setup.initial.deformation_gradients, config.surface)
+        binding = bind_surface(like, setup.initial.deformation_gradients, config.surface, mesh=setup.source_mesh)
         if config.e2e.target_images is None and config.e2e.targets == "mesh":
             views = mesh_views or MeshViews.build(config, setup)
             return E2EContext(views.train, views.heldout, settings, binding)
@@ -108,7 +108,9 @@ class E2EContext:
             return E2EContext(setup.target_images, None, settings, binding)
         train_cameras, heldout_cameras = train_and_heldout_cameras(config.e2e, setup.target_points)
         cameras = train_cameras if heldout_cameras is None else concatenate([train_cameras, heldout_cameras])
-        targets = target_images_from_particles(setup.target_points, cameras, config.surface, settings)
+        targets = target_images_from_particles(
+            setup.target_points, cameras, config.surface, settings, mesh=setup.target_mesh
+        )
         names = [f"train{i:02d}" for i in range(len(train_cameras))]
         names += [f"heldout{i:02d}" for i in range(len(cameras) - len(train_cameras))]
         targets.names = names

@@ -6,14 +6,16 @@ import warnings
 from pathlib import Path
 
 import torch
+import trimesh
 from tqdm import tqdm
 
-from physmorph.config import UnusedKeysWarning, config_from_mapping
+from physmorph.config import MorphConfig, UnusedKeysWarning, config_from_mapping
 from physmorph.errors import InputError, PhysmorphError
 from physmorph.io.ply import write_gaussians_ply
 from physmorph.io.run_folder import SUMMARY_FILE, RunPaths, prepare_output_folder, read_summary, read_trajectory
 from physmorph.io.video import write_video
 from physmorph.optimize.memory import check_fits, render_bytes
+from physmorph.optimize.setup import build_body
 from physmorph.optimize.views import orbit_views, render_frames, render_settings, write_view_images
 from physmorph.surface import bind_surface, synthesize_surface
 
@@ -30,6 +32,20 @@ def parse_size(text: str) -> tuple[int, int]:
     if width < 8 or height < 8:
         raise InputError(f"--size '{text}' is too small; use at least 8x8 pixels")
     return width, height
+
+
+def source_mesh(config: MorphConfig) -> trimesh.Trimesh | None:
+    """The run's source mesh rebuilt from its config; None, with a warning, when that fails (the
+    Gaussians then come from the particles' implicit surface)."""
+    try:
+        return build_body(config.source, config.base_dir, "source")
+    except PhysmorphError as error:
+        warnings.warn(
+            f"cannot rebuild the run's source mesh ({error}); the Gaussians are sampled from the particles' "
+            "implicit surface instead, which loses parts thinner than a particle spacing",
+            stacklevel=3,
+        )
+        return None
 
 
 def render_run(
@@ -67,8 +83,10 @@ def render_run(
     every = torch.cat([torch.from_numpy(t["x"]).reshape(-1, 3) for t in trajectories.values()])
     cameras = orbit_views(config.e2e, every, views, config.e2e.elevation_deg, size=size)
     settings = render_settings(config)
-    # one surface for the whole run, bound to the undeformed source (episode 0's first state)
-    binding = bind_surface(torch.from_numpy(start["x"][0]), torch.from_numpy(start["F"][0]), config.surface)
+    # one surface for the whole run, bound to the undeformed source (episode 0's first state) and
+    # sampled from the source mesh, as the run bound it
+    x_rest, F_rest = torch.from_numpy(start["x"][0]), torch.from_numpy(start["F"][0])
+    binding = bind_surface(x_rest, F_rest, config.surface, mesh=source_mesh(config))
     written, video = [], []
     for e in tqdm(chosen, desc="render", unit="episode"):
         x = torch.from_numpy(trajectories[e]["x"])

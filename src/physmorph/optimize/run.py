@@ -20,7 +20,6 @@ from tqdm import tqdm
 import physmorph
 from physmorph.config import MorphConfig, config_to_mapping, refined
 from physmorph.errors import InputError
-from physmorph.geometry.config import build_shape
 from physmorph.io.figures import labelled_panels, particle_frames, write_comparison, write_loss_curves
 from physmorph.io.ply import write_points_ply
 from physmorph.io.run_folder import (
@@ -189,7 +188,9 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
     if context is not None:
         binding = context.binding
     else:
-        binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
+        binding = bind_surface(
+            setup.initial.positions, setup.initial.deformation_gradients, config.surface, mesh=setup.source_mesh
+        )
     if progress and settings.backend != "torch" and supports_fused(state, setup.model):
         # otherwise the first progress step sits silent for as long as compilation takes
         tqdm.write(
@@ -331,8 +332,7 @@ def write_run_media(
     for record, trajectory in zip(episodes, trajectories):
         first = 0 if not captions else 1  # each episode starts where the previous one ended
         captions += [(record["episode"], step) for step in range(first, len(trajectory["x"]))]
-    target_mesh = None if setup.target_points is None else build_shape(config.target, config.base_dir)
-    images = gaussian_video_frames(trajectories, captions, config, binding, setup.initial.positions, target_mesh)
+    images = gaussian_video_frames(trajectories, captions, config, binding, setup.initial.positions, setup.target_mesh)
     write_video(paths.root / "morph.mp4", images, fps=8)
     if config.mode != "e2e" and setup.target_points is not None:
         frames = []

@@ -34,6 +34,9 @@ class MorphSetup:
                       field of the visual hull carved from the images (None: no hull term)
     target_images:    the image-only target's views (None: the target is a shape)
     hull_points:      the image-only target's visual hull as points [H, 3] (None: no hull)
+    source_mesh:      the mesh the source particles were filled from, grid units (the surface
+                      the Gaussians are sampled from)
+    target_mesh:      the target's mesh, grid units (None: image-only target)
     """
 
     model: Model
@@ -42,6 +45,8 @@ class MorphSetup:
     target_grid_mass: torch.Tensor | None
     target_images: TargetImages | None = None
     hull_points: torch.Tensor | None = None
+    source_mesh: trimesh.Trimesh | None = None
+    target_mesh: trimesh.Trimesh | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -178,7 +183,7 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
     if image_only:
         images = load_target_folder(config, dtype, device)
         if config.loss.w_hull == 0:
-            return MorphSetup(model, State.at_rest(source.positions), None, None, images)
+            return MorphSetup(model, State.at_rest(source.positions), None, None, images, source_mesh=meshes[0])
         hull = carve_visual_hull(
             images,
             box_min=sim.grid_min_point,
@@ -188,7 +193,16 @@ def build_setup(config: MorphConfig, device: torch.device, dtype: torch.dtype = 
             margin=sim.boundary_cells * sim.grid_dx,
         )
         hull_mass = splat_mass(hull.positions, hull.masses, model.grid, sim.kernel)
-        return MorphSetup(model, State.at_rest(source.positions), None, hull_mass, images, hull.positions)
+        return MorphSetup(
+            model, State.at_rest(source.positions), None, hull_mass, images, hull.positions, source_mesh=meshes[0]
+        )
     target = fill_body(config, "target", dtype, device, meshes[1])
     target_grid_mass = splat_mass(target.positions, target.masses, model.grid, sim.kernel)
-    return MorphSetup(model, State.at_rest(source.positions), target.positions, target_grid_mass)
+    return MorphSetup(
+        model,
+        State.at_rest(source.positions),
+        target.positions,
+        target_grid_mass,
+        source_mesh=meshes[0],
+        target_mesh=meshes[1],
+    )

@@ -5,11 +5,13 @@ from physmorph.surface.config import SurfaceConfig, surface_config_from_mapping
 from physmorph.surface.gaussians import Gaussians
 from physmorph.surface.implicit import ImplicitSurface, implicit_surface
 from physmorph.surface.knn import nearest_neighbors
+from physmorph.surface.mesh_sampling import MeshSurface
 from physmorph.surface.synthesis import synthesize_surface, synthesize_surface_once
 
 __all__ = [
     "Gaussians",
     "ImplicitSurface",
+    "MeshSurface",
     "SurfaceBinding",
     "SurfaceConfig",
     "bind_surface",

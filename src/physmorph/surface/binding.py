@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, replace
 
 import torch
+import trimesh
 
 from physmorph.errors import InputError
 from physmorph.surface.config import SurfaceConfig
 from physmorph.surface.implicit import implicit_surface
 from physmorph.surface.knn import nearest_neighbors
+from physmorph.surface.mesh_sampling import MeshSurface
 
 # Neighbours whose mean distance is a particle's spacing (6 = the faces of a lattice cell).
 _SPACING_NEIGHBOURS = 6
@@ -18,6 +21,14 @@ _SPACING_NEIGHBOURS = 6
 # their accumulated α passes 1/2 about that far outside their centres, so the rendered outline
 # falls on the true one (blob, 512²: IoU 0.974 -> 0.988, depth error 0.12 -> 0.07).
 _SILHOUETTE_INSET = 0.75
+# On a mesh the inset is at most this fraction of the body's thickness under the surfel, so that
+# the surfels of the two sides of a thin part (an ear, a fin) keep half its thickness apart.
+_THIN_INSET = 0.25
+# A mesh given to bind_surface belongs to the particles when fewer than this fraction of its
+# surfels lie farther than _MESH_REACH lattice spacings from every particle (thin tips the fill
+# misses lie within about one spacing; a mesh in other units or of the other body lies far).
+_MESH_OUTSIDE_FRACTION = 0.01
+_MESH_REACH = 4.0
 
 
 @dataclass
@@ -119,17 +130,22 @@ def bind_surface(
     F_rest: torch.Tensor,
     config: SurfaceConfig,
     generator: torch.Generator | None = None,
+    mesh: trimesh.Trimesh | None = None,
 ) -> SurfaceBinding:
-    """Place M surfels on the smooth surface of a particle state and bind them to its particles.
+    """Place M surfels on the surface of a body and bind them to its particles.
 
     x_rest: [N, 3] particle positions, grid units; F_rest: [N, 3, 3] their deformation
-    gradients (I at the start of a morph). Steps:
+    gradients (I at the start of a morph); mesh: the body's closed mesh in the same grid
+    units and pose as x_rest (the mesh the particles were filled from), or None. Steps:
       1. the particles' spacing h (mean distance to 6 nearest neighbours; the median is the
-         lattice spacing) and their implicit surface ψ = 0: occupancy blurred by
+         lattice spacing); without a mesh, their implicit surface ψ = 0: occupancy blurred by
          `smoothing`·h, thin parts kept (`implicit_surface`);
-      2. M centres spread evenly by area over ψ = 0 and their normals n = −∇ψ/|∇ψ| (smooth,
-         outward, independent of the lattice), each moved 0.75 σ_t inward so that outlines
-         rendered at grazing angles fall on the surface;
+      2. M centres spread evenly by area over the mesh, with its smooth normals (the vertex
+         normals interpolated barycentrically, as the ray caster shades it), or over ψ = 0 with
+         n = −∇ψ/|∇ψ|; each moved 0.75 σ_t inward (on a mesh, at most a quarter of the body's
+         thickness there) so that outlines rendered at grazing angles fall on the surface. The
+         mesh keeps what the particles cannot hold (parts thinner than a spacing, detail below
+         the lattice): its surfels follow the nearest particles through F;
       3. the k_F nearest particles of each centre with kernel weights exp(-(d / (h_mul h))²),
          normalised; the rest offset r = F̄⁻¹ (μ − x̄) and material normal N ∝ F̄ᵀ n;
       4. σ_t = `sigma0`, or `coverage`·sqrt(area / M) (discs that overlap enough to close the
@@ -150,6 +166,8 @@ def bind_surface(
     if not (torch.isfinite(x_rest).all() and torch.isfinite(F_rest).all()):
         raise InputError("bind_surface got non-finite particle positions or F; check the state")
     device, dtype = x_rest.device, x_rest.dtype
+    if mesh is not None:
+        surface = MeshSurface.from_trimesh(mesh, "mesh given to bind_surface")
     x = x_rest.detach().to(torch.float64)
     F = F_rest.detach().to(torch.float64)
     distances, _ = nearest_neighbors(x, x, _SPACING_NEIGHBOURS + 1)
@@ -157,18 +175,26 @@ def bind_surface(
     lattice = float(spacing.median())
     if not lattice > 0:
         raise InputError("bind_surface: the particles coincide (zero spacing); check the state")
-    surface = implicit_surface(x, torch.full_like(spacing, lattice**3), lattice, config.smoothing)
-
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
+    if mesh is None:
+        surface = implicit_surface(x, torch.full_like(spacing, lattice**3), lattice, config.smoothing)
+        centres = surface.sample(config.M, generator)
+        normals = surface.normals(centres)
+        room = torch.full((config.M,), math.inf, dtype=torch.float64, device=device)
+    else:
+        centres, normals = (values.to(device) for values in surface.sample(config.M, generator))
+        # in a part thinner than two insets the layers of its two sides would pass each other
+        room = _THIN_INSET * surface.thickness(centres, normals)
     tangent = config.sigma0 if config.sigma0 is not None else config.coverage * (surface.area() / config.M) ** 0.5
-    centres = surface.sample(config.M, generator)
-    normals = surface.normals(centres)
-    centres = centres - _SILHOUETTE_INSET * tangent * normals
+    centres = centres - room.clamp(max=_SILHOUETTE_INSET * tangent)[:, None] * normals
 
     distances, indices = nearest_neighbors(centres, x, config.k_F)
+    if mesh is not None:
+        _check_mesh_fits(distances[:, 0], lattice)
     bandwidth = config.h_mul * spacing[indices[:, :1]]
-    kernel = torch.exp(-((distances / bandwidth) ** 2))
+    # relative to the nearest neighbour, so that a surfel far from every particle keeps weights
+    kernel = torch.exp(-((distances**2 - distances[:, :1] ** 2) / bandwidth**2))
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
     matrix, transpose = _weight_matrices(indices, kernel, n_particles)
     averaged = matrix @ torch.cat((x, F.reshape(n_particles, 9)), dim=1)
@@ -193,3 +219,15 @@ def bind_surface(
         interpolation=matrix.to(dtype=dtype),
         interpolation_t=transpose.to(dtype=dtype),
     )
+
+
+def _check_mesh_fits(nearest: torch.Tensor, lattice: float) -> None:
+    """Raise InputError when surfels on the mesh lie far from the particles (`nearest` [M]: each
+    one's distance to its nearest particle; `lattice`: the particles' spacing)."""
+    outside = float((nearest > _MESH_REACH * lattice).double().mean())
+    if outside > _MESH_OUTSIDE_FRACTION:
+        raise InputError(
+            f"bind_surface: {100 * outside:.1f}% of the surface sampled from the mesh lies more than "
+            f"{_MESH_REACH:g} particle spacings ({_MESH_REACH * lattice:.3g} grid units) from every particle; "
+            "the mesh does not match the particles: pass the mesh they were filled from, in the same units and pose"
+        )

@@ -114,7 +114,7 @@ class _Grid:
         keys = (cells[:, 0] * self.shape[1] + cells[:, 1]) * self.shape[2] + cells[:, 2]
         # Morton order keeps every cell, and every block of 2^l × 2^l × 2^l cells, contiguous
         self.morton_bits = max(s - 1 for s in self.shape).bit_length()
-        self.order = torch.argsort(_morton(cells) if self.morton_bits <= _MORTON_BITS else keys)
+        self.order = torch.argsort(morton_codes(cells) if self.morton_bits <= _MORTON_BITS else keys)
         self.points = points[self.order]
         self.cells = cells[self.order]
         counts = torch.bincount(keys, minlength=math.prod(self.shape))
@@ -150,7 +150,7 @@ def _spread(x: torch.Tensor) -> torch.Tensor:
     return (x | x << 2) & 0x1249249249249249
 
 
-def _morton(cells: torch.Tensor) -> torch.Tensor:
+def morton_codes(cells: torch.Tensor) -> torch.Tensor:
     """Morton (Z-order) codes [N] of integer cells [N, 3] below 2^21 per axis."""
     return _spread(cells[:, 0]) | _spread(cells[:, 1]) << 1 | _spread(cells[:, 2]) << 2
 
@@ -168,7 +168,7 @@ class _Level:
 
 def _levels(grid: _Grid, top_blocks: int) -> list[_Level]:
     """Levels 0 (the cells), 1, ... up to the first with at most `top_blocks` blocks."""
-    codes = _morton(grid.cells)
+    codes = morton_codes(grid.cells)
     levels = []
     for level in range(grid.morton_bits + 1):
         keys, counts = torch.unique_consecutive(codes >> (3 * level), return_counts=True)
