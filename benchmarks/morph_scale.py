@@ -36,6 +36,7 @@ from physmorph.optimize import e2e
 from physmorph.optimize.e2e import RenderSettings, optimize_e2e, target_images_from_particles
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam
 from physmorph.optimize.memory import peak_bytes
+from physmorph.optimize.run import ends_no_farther
 from physmorph.optimize.setup import build_setup
 from physmorph.render import intrinsics_from_fov, orbit_cameras
 from physmorph.surface import SurfaceConfig, bind_surface
@@ -235,12 +236,13 @@ def run_configuration(
 
     _attempt(rows, Row(dx, particles, steps, "bind Gaussians"), device, bind, report)
 
-    state = setup.initial
+    state, learning_rate = setup.initial, config.optimization.learning_rate
     for episode in range(1, settings.episodes + 1):
 
-        def physics(row: Row, state=state) -> None:
+        def physics(row: Row, state=state, learning_rate=learning_rate) -> None:
             clock = PhaseClock(device)
-            problem = EpisodeProblem.of(setup, state, config.optimization)
+            episode_settings = replace(config.optimization, learning_rate=learning_rate)
+            problem = EpisodeProblem.of(setup, state, episode_settings)
             with (
                 clock.timing(EpisodeProblem, "rollout", "simulate"),
                 clock.timing(EpisodeProblem, "loss_and_distance", "loss"),
@@ -248,16 +250,21 @@ def run_configuration(
             ):
                 synchronize(device)
                 start = time.perf_counter()
-                result = optimize_adam(problem, config.optimization)
+                result = optimize_adam(problem, episode_settings)
                 synchronize(device)
                 row.seconds = time.perf_counter() - start
             row.phases = _with_remainder(clock.seconds, row.seconds)
-            holder["state"] = result.trajectory.final.detach()
-            row.chamfer = chamfer_distance(holder["state"].positions, target).item()
+            final = result.trajectory.final.detach()
+            row.chamfer = chamfer_distance(final.positions, target).item()
+            # as physmorph morph does: an episode that ends farther away is not built on
+            kept = ends_no_farther(problem.distance(state), problem.distance(final))
+            holder["state"], holder["learning_rate"] = (final, learning_rate) if kept else (state, 0.5 * learning_rate)
+            if not kept:
+                row.note = "not kept: the next episode starts from this one's start, at half the learning rate"
 
         if not _attempt(rows, Row(dx, particles, steps, f"physics episode {episode}"), device, physics, report):
             break
-        state = holder["state"]
+        state, learning_rate = holder["state"], holder["learning_rate"]
 
     binding = holder.get("binding")
     for episode in range(1, settings.e2e_episodes + 1 if binding is not None else 1):

@@ -13,7 +13,7 @@ from physmorph.losses import chamfer_distance, mass_loss
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
 from physmorph.optimize.adam import AdamOutcome, Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.setup import MorphSetup
-from physmorph.optimize.units import control_scale
+from physmorph.optimize.units import control_scale, learning_rate_scale
 
 # Reference optimiser constants (SPEC §5).
 ADAM_BETAS = (0.9, 0.999)
@@ -174,7 +174,7 @@ def optimize_adam(
     learning-rate decay, early stop after `patience` iterations without improvement, step halved
     after a diverged rollout) on the exact gradient. Adam steps the control rates (ΔF per
     reference step, see physmorph.optimize.units), so `settings.learning_rate` means the same at
-    any time step.
+    any time step; its step is that rate times sqrt(dx / 1 grid unit) (units.learning_rate_scale).
 
     Keeps the controls of least loss, unless their last state is farther from the target
     (`EpisodeProblem.distance`) than the episode's first state, and another iterate's is not:
@@ -226,7 +226,8 @@ def _descend(
             admissible_loss, admissible_rates = value, rates.detach().clone()
         return loss, value
 
-    outcome = adam_descent([ParameterGroup([rates], settings.learning_rate)], evaluate, settings, progress)
+    step = settings.learning_rate * learning_rate_scale(problem.model)
+    outcome = adam_descent([ParameterGroup([rates], step)], evaluate, settings, progress)
     if admissible_rates is not None and admissible_loss > min(outcome.losses):
         return admissible_rates, admissible_loss, True, outcome  # the least-loss iterate ends farther away
     return outcome.best[0], None, admissible_rates is not None, outcome
