@@ -64,7 +64,7 @@ def raycast_mesh(
 ) -> Images:
     """Images of `mesh` as `cameras` see it, by casting rays on the CPU (Embree when available).
 
-    mesh: triangle mesh in world (grid) units; its vertex normals (area-weighted, interpolated
+    mesh: triangle mesh in world (grid) units; its vertex normals (trimesh's, angle-weighted; interpolated
       barycentrically over each hit triangle) are the smooth surface normal.
     cameras: any batch (OpenCV convention); images have the cameras' size.
     shading: lighting for rgb, applied with the same model as the Gaussian renderer (None: flat

@@ -101,13 +101,13 @@ def _weight_matrices(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR [M, N] holding `weights` [M, k] at columns `indices` [M, k], and its CSR transpose."""
     rows, k = indices.shape
-    order = indices.argsort(dim=1)
-    columns = indices.gather(1, order).reshape(-1)
+    # int32 keys sort faster than int64 (particle indices fit)
+    sorted_columns, order = torch.sort(indices.to(torch.int32), dim=1)
+    columns = sorted_columns.reshape(-1).long()
     values = weights.gather(1, order).reshape(-1)
     row_starts = torch.arange(0, rows * k + 1, k, device=indices.device)
-    # Entries are row-major, so a stable sort by column lists each column's rows in order
-    # (int32 keys sort about twice as fast as int64).
-    by_column = torch.sort(columns.to(torch.int32), stable=True).indices
+    # Entries are row-major, so a stable sort by column lists each column's rows in order.
+    by_column = torch.sort(sorted_columns.reshape(-1), stable=True).indices
     column_starts = torch.zeros(particle_count + 1, dtype=torch.int64, device=indices.device)
     column_starts[1:] = torch.bincount(columns, minlength=particle_count).cumsum(0)
     transpose_columns = torch.div(by_column, k, rounding_mode="floor")

@@ -54,8 +54,9 @@ REFERENCE_UNUSED_KEYS = (
 
 @dataclass
 class SurfaceConfig:
-    """How particles (x, F) become M surfels: flat anisotropic Gaussians on the body's smooth
-    implicit surface, following the particles through F. Lengths in grid units.
+    """How particles (x, F) become M surfels: flat anisotropic Gaussians on the body's mesh (or,
+    without one, the particles' smooth implicit surface), following the particles through F.
+    Lengths in grid units; `smoothing` applies to the implicit surface only.
 
     `sigma0` fixes the surfels' in-plane standard deviation at F = I; left unset, it is
     `coverage`·sqrt(area / M), which closes the surface for any M and body size.
