@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as nnf
 
 LOW_PASS = 0.3  # px², added to the projected covariance diagonal (3DGS / gsplat low-pass filter)
 MAX_ALPHA = 0.99  # per-Gaussian alpha clamp (3DGS)
@@ -187,8 +188,14 @@ def _falloff(basis: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
 
 
 def _clamped(raw: torch.Tensor) -> torch.Tensor:
-    """Alpha used for compositing: 0 below 1/255, at most 0.99 (a new tensor)."""
-    return raw.masked_fill(raw < MIN_ALPHA, 0.0).clamp_(max=MAX_ALPHA)
+    """Alpha used for compositing: 0 up to 1/255, at most 0.99 (a new tensor)."""
+    # threshold is one pass; a masked_fill with its comparison takes about five times longer
+    return nnf.threshold(raw, MIN_ALPHA, 0.0).clamp_(max=MAX_ALPHA)
+
+
+def _clamped_(raw: torch.Tensor) -> torch.Tensor:
+    """_clamped in place."""
+    return nnf.threshold_(raw, MIN_ALPHA, 0.0).clamp_(max=MAX_ALPHA)
 
 
 def _stopped(inclusive: torch.Tensor) -> torch.Tensor | None:
@@ -220,7 +227,7 @@ class _Composite(torch.autograd.Function):
             for start in range(0, longest, block):
                 index = _block_indices(plan, tiles, start, block)
                 raw = _falloff(plan.pixel_basis, coefficients[index]).mul_(opacities[index][:, None])
-                alpha = raw.masked_fill_(raw < MIN_ALPHA, 0.0).clamp_(max=MAX_ALPHA)
+                alpha = _clamped_(raw)
                 log_step = torch.log1p(-alpha)
                 inclusive = torch.cumsum(log_step, -1).add_(log_all)
                 weight = torch.sub(inclusive, log_step).exp_().mul_(alpha)
