@@ -377,7 +377,8 @@ def gaussian_video_frames(
         if truth is not None:
             row.append(truth[index])
             labels.append("target mesh")
-        title = f"episode {episode + 1}/{len(trajectories)}, step {step}{phase(step, config)}"
+        # numbered as the episode folders, the figures and summary.json are (ep000 is episode 0)
+        title = f"episode {episode}, step {step}{phase(step, config)}"
         images.append(labelled_panels([row], [labels], title))
     return images
 
