@@ -11,7 +11,6 @@ import torch
 
 from physmorph.config import MorphConfig
 from physmorph.errors import ConfigError
-from physmorph.geometry.config import build_shape
 from physmorph.io.images import write_png
 from physmorph.io.targets import TargetImages
 from physmorph.losses.render_losses import psnr, silhouette_iou
@@ -43,12 +42,12 @@ class MeshViews:
     @staticmethod
     def build(config: MorphConfig, setup: MorphSetup) -> MeshViews | None:
         """None for an image-only target (there is no mesh to cast rays at)."""
-        if setup.target_points is None:
+        if setup.target_mesh is None:
             return None
         points = setup.target_points
         train_cameras, heldout_cameras = train_and_heldout_cameras(config.e2e, points)
         cameras = train_cameras if heldout_cameras is None else concatenate([train_cameras, heldout_cameras])
-        truth = mesh_images(build_shape(config.target, config.base_dir), cameras, config.render)
+        truth = mesh_images(setup.target_mesh, cameras, config.render)
         if not bool((truth.alpha > 0.5).flatten(1).any(dim=1).all()):
             raise ConfigError(
                 "a camera of the e2e section sees nothing of the target mesh; check e2e.orbit_radius, "
