@@ -12,6 +12,7 @@ import trimesh
 from physmorph.errors import InputError
 from physmorph.geometry import make_shape
 from physmorph.surface import MeshSurface, SurfaceConfig, bind_surface, nearest_neighbors, synthesize_surface
+from physmorph.surface.mesh_sampling import neighbour_thickness
 
 from .helpers import identity_gradients, lattice_ball
 
@@ -111,7 +112,11 @@ def _block_with_fin() -> tuple[torch.Tensor, trimesh.Trimesh]:
     return x, trimesh.util.concatenate([block, fin])
 
 
-def test_a_fin_thinner_than_the_spacing_gets_surfels_with_outward_normals():
+@pytest.mark.parametrize("embree", [True, False])
+def test_a_fin_thinner_than_the_spacing_gets_surfels_with_outward_normals(embree, monkeypatch):
+    if embree and not trimesh.ray.has_embree:
+        pytest.skip("embreex is not installed")
+    monkeypatch.setattr(trimesh.ray, "has_embree", embree)
     x, mesh = _block_with_fin()
     F = identity_gradients(x.shape[0])
     binding = bind_surface(x, F, SurfaceConfig(M=6000, seed=0), mesh=mesh)
@@ -129,6 +134,24 @@ def test_a_fin_thinner_than_the_spacing_gets_surfels_with_outward_normals():
     torch.testing.assert_close(moved.means, means @ A.T + 1.0)
     nanson = normals @ torch.linalg.inv(A)
     torch.testing.assert_close(moved.normals, nanson / nanson.norm(dim=1, keepdim=True))
+
+
+def test_thickness_by_rays_and_by_neighbours_agree_on_a_thin_disc(monkeypatch):
+    mesh = make_shape("ellipsoid", radii=(3.0, 3.0, 0.06), subdivisions=5)  # 0.12 thick: 1.2 spacings
+    surface = MeshSurface.from_trimesh(mesh)
+    points, normals = surface.sample(6000, torch.Generator().manual_seed(0))
+    central = points[:, :2].norm(dim=1) < 1.5
+    expected = 0.12 * (1 - points[central, :2].norm(dim=1) ** 2 / 9).sqrt()  # through the middle plane
+    by_neighbours = neighbour_thickness(points, normals)[central]
+    torch.testing.assert_close(by_neighbours, expected, rtol=0.15, atol=0.0)
+    if trimesh.ray.has_embree:
+        torch.testing.assert_close(surface.thickness(points, normals)[central], expected, rtol=0.05, atol=0.0)
+    monkeypatch.setattr(trimesh.ray, "has_embree", False)
+    assert torch.equal(surface.thickness(points, normals)[central], by_neighbours)
+    # a thick body: nothing within reach faces the other way
+    ball = MeshSurface.from_trimesh(make_shape("sphere", radius=5.0))
+    points, normals = ball.sample(4000, torch.Generator().manual_seed(0))
+    assert torch.isinf(neighbour_thickness(points, normals)).all()
 
 
 def test_an_empty_mesh_is_an_input_error():
