@@ -68,7 +68,9 @@ def build(config: MorphConfig, device, dtype, steps: int, surface: SurfaceConfig
         checkpoint_steps=config.optimization.checkpoint_steps,
         backend=config.optimization.backend,
     )
-    binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, surface)
+    binding = bind_surface(
+        setup.initial.positions, setup.initial.deformation_gradients, surface, mesh=setup.source_mesh
+    )
     return problem, binding, setup.target_points
 
 

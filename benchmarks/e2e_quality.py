@@ -103,7 +103,9 @@ def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tupl
     setup = build_setup(config, device)
     final = load_state(RunPaths(run).state(episodes - 1), device, setup.initial.num_particles)
     views = MeshViews.build(config, setup)
-    binding = bind_surface(setup.initial.positions, setup.initial.deformation_gradients, config.surface)
+    binding = bind_surface(
+        setup.initial.positions, setup.initial.deformation_gradients, config.surface, mesh=setup.source_mesh
+    )
     heldout = views.iou(final, binding, render_settings(config))["heldout"]
     return chamfer_distance(final.positions, setup.target_points).item(), float(np.mean(heldout))
 
