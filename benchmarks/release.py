@@ -2,13 +2,15 @@
 
     python benchmarks/release.py [--shapes demo,bunny,spot] [--meshes ../shared/meshes]
         [--variants config,elastic] [--episodes 5] [--free-seconds 2] [--device cpu]
+        [--yield-stress T] [--hardening H] [--release-steps R] [--arrival-speed-weight W]
+        [--learning-rate LR] [--elastic-energy-weight W]
 
 Each shape is morphed with the demo config's physics and optimiser (src/physmorph/configs/
 demo.yaml: von Mises plasticity and release steps); 'demo' is the demo's own ball → blob, 'bunny'
 and 'spot' start from the reference's isosphere (meshes from --meshes; a shape whose mesh is
 missing is reported and skipped). Variant 'config' keeps demo.yaml's settings, 'elastic' turns
-plasticity and the release phase off and restores the default arrival-speed weight and learning
-rate (the morph as it was before issue 16). After the last episode the body
+plasticity, the release phase and the elastic-energy term off and restores the default
+arrival-speed weight and learning rate (the morph as it was before issue 16). After the last episode the body
 moves freely (no control) for --free-seconds; the table gives the Chamfer (grid units) at the end
 of the morph and after the free motion, and its relative change.
 """
@@ -46,6 +48,7 @@ def shape_config(shape: str, variant: str, meshes: Path, episodes: int) -> Morph
         config.optimization.release_steps = 0
         config.optimization.arrival_speed_weight = OptimizationConfig().arrival_speed_weight
         config.optimization.learning_rate = OptimizationConfig().learning_rate
+        config.optimization.elastic_energy_weight = OptimizationConfig().elastic_energy_weight
     config.optimization.num_animations = episodes
     return config
 
@@ -62,6 +65,9 @@ def main() -> None:
     parser.add_argument("--arrival-speed-weight", type=float, default=None, help="overrides demo.yaml's (config)")
     parser.add_argument("--hardening", type=float, default=None, help="overrides demo.yaml's (config variant)")
     parser.add_argument("--learning-rate", type=float, default=None, help="overrides demo.yaml's (config variant)")
+    parser.add_argument(
+        "--elastic-energy-weight", type=float, default=None, help="overrides demo.yaml's (config variant)"
+    )
     parser.add_argument("--device", default="cpu")
     arguments = parser.parse_args()
     device = torch.device(arguments.device)
@@ -79,12 +85,13 @@ def main() -> None:
         "release",
         "lr",
         "arrival w",
+        "energy w",
         "morph s",
         "after morph",
         "after free",
         "change",
     )
-    widths = (6, 8, 9, 7, 7, 7, 6, 9, 8, 11, 10, 7)
+    widths = (6, 8, 9, 7, 7, 7, 6, 9, 8, 8, 11, 10, 7)
     print(" | ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     for shape in arguments.shapes.split(","):
         for variant in arguments.variants.split(","):
@@ -102,6 +109,8 @@ def main() -> None:
                 config.simulation.plasticity.hardening = arguments.hardening
             if variant == "config" and arguments.learning_rate is not None:
                 config.optimization.learning_rate = arguments.learning_rate
+            if variant == "config" and arguments.elastic_energy_weight is not None:
+                config.optimization.elastic_energy_weight = arguments.elastic_energy_weight
             settings = config.optimization
             setup = build_setup(config, device)
             state = setup.initial
@@ -129,6 +138,7 @@ def main() -> None:
                 settings.release_steps,
                 f"{settings.learning_rate:g}",
                 f"{settings.arrival_speed_weight:g}",
+                f"{settings.elastic_energy_weight:g}",
                 f"{seconds:.1f}",
                 f"{after_morph:.3f}",
                 f"{after_free:.3f}",

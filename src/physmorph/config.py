@@ -187,6 +187,9 @@ class OptimizationConfig:
     final_learning_rate_ratio: float = 0.1  # adam: cosine schedule ends at lr · ratio
     patience: int = 4  # adam: stop after this many iterations without improvement
     arrival_speed_weight: float = 20.0  # adds w · mean |v|² of the last state (s²/grid units²); 0 = reference loss
+    # adds w · the last state's elastic energy per unit mass, Σ V ψ(F) / Σ m (grid units²/s²): the
+    # stress that would still move the body once the controls stop; 0 = off (the reference loss)
+    elastic_energy_weight: float = 0.0
     # adds w · Chamfer distance (grid units) of the last state to the target particles (mesh or
     # shape targets); 0 = mass field only. Larger fits thin parts closer but ejects a few particles.
     chamfer_weight: float = 2000.0
@@ -225,6 +228,11 @@ class OptimizationConfig:
             self.arrival_speed_weight >= 0, f"{o}.arrival_speed_weight", f"must be ≥ 0, got {self.arrival_speed_weight}"
         )
         require(self.chamfer_weight >= 0, f"{o}.chamfer_weight", f"must be ≥ 0, got {self.chamfer_weight}")
+        require(
+            self.elastic_energy_weight >= 0,
+            f"{o}.elastic_energy_weight",
+            f"must be ≥ 0, got {self.elastic_energy_weight}",
+        )
 
 
 @dataclass

@@ -113,6 +113,7 @@ NUMBERS = (
     "optimization.learning_rate",
     "optimization.arrival_speed_weight",
     "optimization.chamfer_weight",
+    "optimization.elastic_energy_weight",
     "e2e.fov_deg",
 )
 for key in NUMBERS:
@@ -132,6 +133,9 @@ CASES["range-ppc-50"] = morph_case(with_key(TINY, "simulation.points_per_cell_cu
 CASES["range-grid_dx-larger-than-box"] = morph_case(with_key(TINY, "simulation.grid_dx", 50.0), "simulation.grid_dx")
 CASES["range-iterations-0"] = morph_case(with_key(TINY, "optimization.iterations", 0), "got 0")
 CASES["range-patience-negative"] = morph_case(with_key(TINY, "optimization.patience", -3), "got -3")
+CASES["range-elastic-energy-weight-negative"] = morph_case(
+    with_key(TINY, "optimization.elastic_energy_weight", -1.0), "optimization.elastic_energy_weight"
+)
 CASES["range-e2e-width-huge"] = morph_case(with_key(TINY, "e2e.width", 100000), "e2e.width")
 CASES["range-gaussians-1e9"] = morph_case(with_key(TINY, "sampling.runtime_surface.M", 10**9), "runtime_surface.M")
 CASES["range-train-views-1e5"] = morph_case(with_key(TINY, "e2e.num_train_views", 100000), "e2e.num_train_views")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from physmorph.config import config_from_mapping
-from physmorph.losses import chamfer_distance, mass_loss
+from physmorph.losses import chamfer_distance, elastic_energy_per_mass, mass_loss
 from physmorph.mpm import State, simulate
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam, optimize_reference
 from physmorph.optimize.setup import build_setup
@@ -151,3 +151,46 @@ def test_adam_starts_again_with_half_the_step_when_every_iterate_ends_farther(pr
     assert rates == [first, first / 2, first / 4]  # RETRIES = 2 descents more
     # each attempt's history starts at the zero controls
     assert result.losses.count(result.losses[0]) == 3 and len(result.losses) > config.optimization.iterations + 1
+
+
+def test_elastic_energy_term_adds_the_weighted_energy_and_its_exact_gradient():
+    config = config_from_mapping(
+        {
+            **SMALL,
+            "simulation": {**SMALL["simulation"], "plasticity": {"model": "von_mises", "yield_stress": 1000.0}},
+            "optimization": {
+                **SMALL["optimization"],
+                "elastic_energy_weight": 40.0,
+                "arrival_speed_weight": 0.0,
+                "chamfer_weight": 0.0,
+                "release_steps": 2,
+                "dtype": "float64",
+            },
+        }
+    )
+    setup = build_setup(config, torch.device("cpu"), torch.float64)
+    holding = EpisodeProblem.of(setup, setup.initial, config.optimization)
+    assert holding.elastic_energy_weight == 40.0
+    mass_only = dataclasses.replace(holding, elastic_energy_weight=0.0)
+    g = torch.Generator().manual_seed(0)
+    controls = 0.05 * torch.randn(holding.zero_controls().shape, generator=g, dtype=torch.float64)
+    trajectory = holding.rollout(controls)
+    final = trajectory.final
+    assert final.plastic_strain.max() > 0  # the rollout flows plastically
+    masses = setup.model.masses.expand(final.num_particles)
+    energy = elastic_energy_per_mass(final.deformation_gradients, setup.model.volumes, masses, setup.model.material)
+    expected = 40.0 * energy
+    assert expected.item() > 1e-3
+    torch.testing.assert_close(holding.loss(trajectory) - mass_only.loss(trajectory), expected)
+
+    # d loss / d one control entry against a central difference, through the release and the plastic flow
+    controls.requires_grad_(True)
+    holding.loss(holding.rollout(controls)).backward()
+    h = 1e-6
+    for entry in ((0, 7, 0, 1), (3, 20, 2, 2)):
+        shifted = []
+        for sign in (1.0, -1.0):
+            moved = controls.detach().clone()
+            moved[entry] += sign * h
+            shifted.append(holding.loss(holding.rollout(moved)).item())
+        assert controls.grad[entry].item() == pytest.approx((shifted[0] - shifted[1]) / (2 * h), rel=1e-4, abs=1e-6)

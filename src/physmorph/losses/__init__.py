@@ -1,6 +1,7 @@
-"""Losses: the grid mass-field loss, Chamfer distance, image losses and their weight schedules."""
+"""Losses: grid mass field, Chamfer distance, elastic energy left in a body, image losses and their schedules."""
 
 from physmorph.losses.chamfer import chamfer_distance, nearest_distances
+from physmorph.losses.hold import elastic_energy_per_mass
 from physmorph.losses.mass import mass_field_loss, mass_loss
 from physmorph.losses.render_losses import (
     RenderLossConfig,
@@ -26,6 +27,7 @@ __all__ = [
     "depth_loss",
     "dssim_loss",
     "edge_alignment_loss",
+    "elastic_energy_per_mass",
     "mass_field_loss",
     "mass_loss",
     "nearest_distances",

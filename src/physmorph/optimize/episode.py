@@ -9,7 +9,7 @@ import torch
 
 from physmorph.config import OptimizationConfig
 from physmorph.errors import SimulationDiverged
-from physmorph.losses import chamfer_distance, mass_loss
+from physmorph.losses import chamfer_distance, elastic_energy_per_mass, mass_loss
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
 from physmorph.optimize.adam import AdamOutcome, Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.setup import MorphSetup
@@ -40,6 +40,7 @@ class EpisodeProblem:
     release_steps: int = 0
     # image-only target: target_grid_mass is the visual hull carved from the images
     target_is_hull: bool = False
+    elastic_energy_weight: float = 0.0
 
     @staticmethod
     def of(setup: MorphSetup, initial: State, settings: OptimizationConfig) -> EpisodeProblem:
@@ -57,6 +58,7 @@ class EpisodeProblem:
             settings.chamfer_weight,
             settings.release_steps,
             setup.target_images is not None and setup.target_grid_mass is not None,
+            settings.elastic_energy_weight,
         )
 
     @property
@@ -105,6 +107,8 @@ class EpisodeProblem:
     def loss(self, trajectory: Trajectory) -> torch.Tensor:
         """Mass loss of the last state, plus `arrival_speed_weight` · mean |v|² of the last state
         (so the body arrives at rest and the next episode does not overshoot), plus
+        `elastic_energy_weight` · its elastic energy per unit mass (so it arrives stress-free and
+        stays: with the F smoothing a small strain left in F relaxes by a large motion), plus
         `chamfer_weight` · its Chamfer distance to the target particles (or an image target's hull) when there are any
         (the mass field barely sees a few stray particles or a thin missing feature)."""
         return self.loss_and_distance(trajectory)[0]
@@ -116,6 +120,14 @@ class EpisodeProblem:
         loss = mass
         if self.arrival_speed_weight:
             loss = loss + self.arrival_speed_weight * (final.velocities**2).sum(-1).mean()
+        if self.elastic_energy_weight:
+            energy = elastic_energy_per_mass(
+                final.deformation_gradients,
+                self.model.volumes,
+                self.model.masses.expand(final.num_particles),
+                self.model.material,
+            )
+            loss = loss + self.elastic_energy_weight * energy
         if self.target_points is None:
             return loss, None
         if self.chamfer_weight:
