@@ -31,7 +31,7 @@ from physmorph.optimize.e2e import (
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam
 from physmorph.optimize.setup import build_setup
 from physmorph.render import Cameras, concatenate, intrinsics_from_fov, orbit_cameras
-from physmorph.surface import SurfaceConfig, bind_surface
+from physmorph.surface import SurfaceConfig
 
 GPU_DEFAULTS = {"radius": 8.4, "steps": 10, "gaussians": 200_000, "views": 4, "resolution": 512}
 CPU_DEFAULTS = {"radius": 4.0, "steps": 5, "gaussians": 10_000, "views": 2, "resolution": 128}
@@ -68,9 +68,7 @@ def build(config: MorphConfig, device, dtype, steps: int, surface: SurfaceConfig
         checkpoint_steps=config.optimization.checkpoint_steps,
         backend=config.optimization.backend,
     )
-    binding = bind_surface(
-        setup.initial.positions, setup.initial.deformation_gradients, surface, mesh=setup.source_mesh
-    )
+    binding = setup.bind_source_surface(surface)
     return problem, binding, setup.target_points
 
 

@@ -31,7 +31,6 @@ from physmorph.optimize.e2e_run import MeshViews
 from physmorph.optimize.run import load_state, run_morph
 from physmorph.optimize.setup import build_setup, resolve_device
 from physmorph.optimize.views import render_settings
-from physmorph.surface import bind_surface
 
 ROOT = Path(__file__).resolve().parents[1]
 MESHES = ROOT.parent / "shared" / "meshes"
@@ -103,9 +102,7 @@ def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tupl
     setup = build_setup(config, device)
     final = load_state(RunPaths(run).state(episodes - 1), device, setup.initial.num_particles)
     views = MeshViews.build(config, setup)
-    binding = bind_surface(
-        setup.initial.positions, setup.initial.deformation_gradients, config.surface, mesh=setup.source_mesh
-    )
+    binding = setup.bind_source_surface(config.surface)
     heldout = views.iou(final, binding, render_settings(config))["heldout"]
     return chamfer_distance(final.positions, setup.target_points).item(), float(np.mean(heldout))
 

@@ -36,10 +36,10 @@ from physmorph.optimize import e2e
 from physmorph.optimize.e2e import RenderSettings, optimize_e2e, target_images_from_particles
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam
 from physmorph.optimize.memory import peak_bytes
-from physmorph.optimize.run import ends_no_farther
+from physmorph.optimize.run import ends_no_farther, next_learning_rate
 from physmorph.optimize.setup import build_setup
 from physmorph.render import intrinsics_from_fov, orbit_cameras
-from physmorph.surface import SurfaceConfig, bind_surface
+from physmorph.surface import SurfaceConfig
 
 REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sphere_to_bunny.yaml"
 PHASES = ("simulate", "loss", "render", "backward+update")
@@ -224,11 +224,10 @@ def run_configuration(
     surface = SurfaceConfig(M=settings.gaussians)
 
     def bind(row: Row) -> None:
-        x, F = setup.initial.positions, setup.initial.deformation_gradients
-        bind_surface(x, F, replace(surface, M=min(settings.gaussians, 1000)), mesh=setup.source_mesh)  # warm-up
+        setup.bind_source_surface(replace(surface, M=min(settings.gaussians, 1000)))  # warm-up
         synchronize(device)
         start = time.perf_counter()
-        holder["binding"] = bind_surface(x, F, surface, mesh=setup.source_mesh)
+        holder["binding"] = setup.bind_source_surface(surface)
         synchronize(device)
         row.seconds = time.perf_counter() - start
         row.phases["bind"] = row.seconds
@@ -258,7 +257,9 @@ def run_configuration(
             row.chamfer = chamfer_distance(final.positions, target).item()
             # as physmorph morph does: an episode that ends farther away is not built on
             kept = ends_no_farther(problem.distance(state), problem.distance(final))
-            holder["state"], holder["learning_rate"] = (final, learning_rate) if kept else (state, 0.5 * learning_rate)
+            record = {"learning_rate": learning_rate, "kept": kept}
+            holder["state"] = final if kept else state
+            holder["learning_rate"] = next_learning_rate([record], learning_rate)
             if not kept:
                 row.note = "not kept: the next episode starts from this one's start, at half the learning rate"
 

@@ -28,7 +28,7 @@ from physmorph.optimize.views import (
     write_view_images,
 )
 from physmorph.render import concatenate
-from physmorph.surface import SurfaceBinding, bind_surface
+from physmorph.surface import SurfaceBinding
 
 
 @dataclass
@@ -98,8 +98,7 @@ class E2EContext:
         """Orbit-camera targets ray cast from the target mesh (`mesh_views`, e2e.targets: mesh) or
         rendered from the target particles (e2e.targets: particles), or an image folder."""
         settings = render_settings(config)
-        like = setup.initial.positions
-        binding = bind_surface(like, setup.initial.deformation_gradients, config.surface, mesh=setup.source_mesh)
+        binding = setup.bind_source_surface(config.surface)
         if config.e2e.target_images is None and config.e2e.targets == "mesh":
             views = mesh_views or MeshViews.build(config, setup)
             return E2EContext(views.train, views.heldout, settings, binding)

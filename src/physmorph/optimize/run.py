@@ -44,7 +44,7 @@ from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_a
 from physmorph.optimize.memory import check_fits, peak_bytes, render_bytes
 from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
 from physmorph.optimize.views import mesh_images, render_frames, render_settings, turntable
-from physmorph.surface import SurfaceBinding, bind_surface
+from physmorph.surface import SurfaceBinding
 
 # keys that may change between a run and its --resume: more episodes, another output folder,
 # another device (results then agree to round-off, not bit for bit)
@@ -188,9 +188,7 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
     if context is not None:
         binding = context.binding
     else:
-        binding = bind_surface(
-            setup.initial.positions, setup.initial.deformation_gradients, config.surface, mesh=setup.source_mesh
-        )
+        binding = setup.bind_source_surface(config.surface)
     if progress and settings.backend != "torch" and supports_fused(state, setup.model):
         # otherwise the first progress step sits silent for as long as compilation takes
         tqdm.write(

@@ -17,6 +17,7 @@ from physmorph.io.targets import TargetImages, load_image_targets
 from physmorph.mpm import Grid, Material, Model, State, grid_volume_estimate, splat_mass
 from physmorph.mpm.plasticity import Plasticity
 from physmorph.optimize.memory import check_rollout_fits
+from physmorph.surface import SurfaceBinding, SurfaceConfig, bind_surface
 
 # Fewer material points than a 3 × 3 × 3 block cannot resolve a deformation: a shape that
 # small for the lattice is almost certainly a unit mistake (a mesh in metres on a grid in cm).
@@ -47,6 +48,12 @@ class MorphSetup:
     hull_points: torch.Tensor | None = None
     source_mesh: trimesh.Trimesh | None = None
     target_mesh: trimesh.Trimesh | None = None
+
+    def bind_source_surface(self, surface: SurfaceConfig) -> SurfaceBinding:
+        """Gaussians bound to the undeformed source particles, sampled from the source mesh
+        when it is known: the one surface a run's metric, video and e2e training share."""
+        initial = self.initial
+        return bind_surface(initial.positions, initial.deformation_gradients, surface, mesh=self.source_mesh)
 
 
 def resolve_device(name: str) -> torch.device:
