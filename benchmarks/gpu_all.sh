@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of physmorph in one run (how BENCHMARKS.md's GPU rows were made).
-# Usage: bash benchmarks/gpu_all.sh [tests|mpm|tuning|surface|fidelity|render|morph|release|e2e ...]   (default: all)
+# Usage: bash benchmarks/gpu_all.sh [tests|mpm|tuning|surface|fidelity|render|morph|release|e2e|quality ...]
+# (default: all)
 # Logs go to $OUT (the device tool's folder) or ./gpu_logs. Wheels in .whl/ (gsplat, trimesh) are
 # installed first when present; gsplat JIT-compiles its CUDA code on first use (about 70 s).
 set -uo pipefail
@@ -14,7 +15,7 @@ fi
 export PYTHONPATH="$SITE:$PWD/src"
 MESHES=${MESHES:-../shared/meshes}
 [ -d "$MESHES" ] || MESHES=.gpubuild/meshes   # a copy carried to the device machine
-parts=${*:-tests mpm tuning surface fidelity render morph release e2e}
+parts=${*:-tests mpm tuning surface fidelity render morph release e2e quality}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/device.txt"
 for part in $parts; do
@@ -32,6 +33,7 @@ for part in $parts; do
     e2e)     python3 benchmarks/e2e.py --device cuda &&
              python3 benchmarks/e2e.py --device cuda --mode compare --source "$MESHES/isosphere.obj" \
                --target "$MESHES/bunny.obj" --iterations 12 ;;
+    quality) python3 benchmarks/e2e_quality.py --device cuda --meshes "$MESHES" --dx 1 0.5 ;;
   esac 2>&1 | tee "$LOG/$part.txt"
   echo "[$part: $(( $(date +%s) - start )) s]" | tee -a "$LOG/$part.txt"
 done

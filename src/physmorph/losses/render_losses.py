@@ -38,6 +38,7 @@ WEIGHT_KEYS = (
     "w_normal_smooth",
     "w_rgb",
     "w_ssim",
+    "w_silhouette_chamfer",
 )
 
 
@@ -64,6 +65,12 @@ class RenderLossConfig:
     schedule: Schedule = "constant"  # how the render weights vary over training (schedules.py)
     w_rgb: float = 0.0  # physmorph: RGB L1
     w_ssim: float = 0.0  # physmorph: D-SSIM = (1 − SSIM) / 2 of RGB
+    # physmorph: 2D Chamfer of projected Gaussian centres against the target silhouettes
+    # (losses.silhouette_chamfer), in image widths: a missing part pulls from any distance, where
+    # the per-pixel terms only move Gaussians that already overlap it. Measured on isosphere →
+    # bunny / spot (H200, 3 episodes, dx 1): held-out silhouette error −13% / −19% without it,
+    # −20% / −24% with it (3: −17% / −21%; 30 as 10).
+    w_silhouette_chamfer: float = 10.0
     w_phys: float = 1.0  # physmorph: weight of the physics loss (mass field + arrival + Chamfer; 0 = render-only)
     # physmorph, image-only targets: weight of the physics loss against the visual hull carved
     # from the target masks and depth (geometry.visual_hull); it moves the body as a target mass

@@ -30,6 +30,7 @@ from physmorph.losses.render_losses import (
     silhouette_iou,
     silhouette_loss,
 )
+from physmorph.losses.silhouette_chamfer import SilhouettePixels, silhouette_chamfer_loss, silhouette_pixels
 from physmorph.mpm import Material, Trajectory
 from physmorph.optimize.adam import Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.balance import balanced_objective, balanced_surrogate
@@ -133,6 +134,7 @@ class RenderObjective:
     settings:  how the prediction is rendered
     edges:     silhouette tangents of each target's masks
     neighbors: [M, CURVATURE_NEIGHBORS] Gaussian neighbours at the episode's start, or None
+    silhouettes: distance fields and covered pixels of each target's masks (when their term is on)
     """
 
     binding: SurfaceBinding
@@ -142,6 +144,7 @@ class RenderObjective:
     settings: RenderSettings
     edges: list[SilhouetteEdges]
     neighbors: torch.Tensor | None
+    silhouettes: list[SilhouettePixels | None]
 
     @staticmethod
     def build(
@@ -181,7 +184,11 @@ class RenderObjective:
                 rest = synthesize_surface(initial_positions, initial_deformation_gradients, binding)
             neighbors = gaussian_neighbors(rest.means, min(CURVATURE_NEIGHBORS, binding.count - 1))
         edges = [silhouette_edges(target.alpha) for target in target_list]
-        return RenderObjective(binding, target_list, steps, losses, settings or RenderSettings(), edges, neighbors)
+        with_silhouettes = losses.enabled and losses.w_silhouette_chamfer > 0
+        silhouettes = [silhouette_pixels(t.alpha) if with_silhouettes else None for t in target_list]
+        return RenderObjective(
+            binding, target_list, steps, losses, settings or RenderSettings(), edges, neighbors, silhouettes
+        )
 
     def __call__(self, trajectory: Trajectory) -> tuple[dict[str, torch.Tensor], list[Images]]:
         """The unweighted render terms whose configured weight is non-zero (each summed over the
@@ -190,7 +197,7 @@ class RenderObjective:
         positions = trajectory.positions
         terms: dict[str, torch.Tensor] = {}
         all_images = []
-        for step, target, edges in zip(self.steps, self.targets, self.edges):
+        for step, target, edges, silhouette in zip(self.steps, self.targets, self.edges, self.silhouettes):
             gaussians, images = render_state(
                 positions[step],
                 trajectory.deformation_gradients[step],
@@ -199,7 +206,7 @@ class RenderObjective:
                 self.settings,
             )
             all_images.append(images)
-            for name, value in self._terms(gaussians, images, target, edges, weights).items():
+            for name, value in self._terms(gaussians, images, target, edges, silhouette, weights).items():
                 terms[name] = terms.get(name, 0.0) + value
         return terms, all_images
 
@@ -209,10 +216,13 @@ class RenderObjective:
         images: Images,
         target: TargetImages,
         edges: SilhouetteEdges,
+        silhouette: SilhouettePixels | None,
         weights: dict[str, float],
     ) -> dict[str, torch.Tensor]:
         """The unweighted terms whose weight is non-zero."""
         terms: dict[str, torch.Tensor] = {}
+        if weights["silhouette_chamfer"] > 0 and silhouette is not None:
+            terms["silhouette_chamfer"] = silhouette_chamfer_loss(gaussians.means, target.cameras, silhouette)
         if weights["alpha"] > 0:
             terms["alpha"] = silhouette_loss(images.alpha, target.alpha, self.losses.alpha_levels)
         if weights["depth"] > 0 and target.depth is not None:
