@@ -61,13 +61,13 @@ def main() -> None:
     scan = {"BLOCK": fused.SCAN_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
     particle = {"BLOCK": fused.PARTICLE_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
     walls = {"CELLS": 3, "BOUNDARY": kernels.BOUNDARY_CODES["slip"], "BLOCK": fused.NODE_BLOCK}
-    material = {"HAS_CONTROL": True, "HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
+    material = {"HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
     variants = (
         ("cell_keys", kernels.cell_keys, {"BLOCK": fused.NODE_BLOCK}, 4),
         ("p2g_forward", kernels.p2g_forward, material | scan, fused.SCAN_WARPS),
         ("grid_velocity", kernels.grid_velocity, walls, 4),
-        ("g2p_forward", kernels.g2p_forward, {"HAS_CONTROL": True} | particle, fused.PARTICLE_WARPS),
-        ("g2p_backward", kernels.g2p_backward, {"HAS_CONTROL": True} | scan, fused.SCAN_WARPS),
+        ("g2p_forward", kernels.g2p_forward, particle, fused.PARTICLE_WARPS),
+        ("g2p_backward", kernels.g2p_backward, scan, fused.SCAN_WARPS),
         ("grid_backward", kernels.grid_backward, walls, 4),
         ("p2g_backward", kernels.p2g_backward, material | particle, fused.PARTICLE_WARPS),
         ("plastic_fwd", plastic.return_mapping_forward, {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK}, 4),

@@ -14,6 +14,8 @@ other two, so each iteration issues 16 independent node gathers.
 
 from __future__ import annotations
 
+import inspect
+
 import triton
 import triton.language as tl
 
@@ -39,6 +41,20 @@ PRM_MASS_THRESHOLD = tl.constexpr(PARAMETERS.index("mass_threshold"))
 PRM_TINY_DETERMINANT = tl.constexpr(PARAMETERS.index("tiny_determinant"))
 
 BOUNDARY_CODES = {"none": 0, "sticky": 1, "slip": 2}
+
+
+def launched_kernel(fn):
+    """triton.jit for a kernel launched from the host, without Triton's specialisation on argument values.
+
+    Triton compiles a separate variant for each integer argument equal to 1 or divisible by 16
+    and each pointer aligned to 16 bytes. In a morph those vary from call to call (a control
+    ΔF or a cotangent is a slice of a stacked [T, N, ...] tensor, aligned or not by its offset),
+    and each variant costs a full compile, while these kernels gain nothing from them: every
+    access is a strided gather of single scalars, never a vector load.
+    """
+    parameters = inspect.signature(fn).parameters.items()
+    names = [name for name, param in parameters if "constexpr" not in str(param.annotation)]
+    return triton.jit(do_not_specialize=names, do_not_specialize_on_alignment=names)(fn)
 
 
 @triton.jit
@@ -295,13 +311,11 @@ def _store_vector(ptr, offs, mask, a0, a1, a2):
 
 
 @triton.jit
-def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL: tl.constexpr):
-    """Fh = F + ΔF."""
-    if HAS_CONTROL:
-        d00, d01, d02, d10, d11, d12, d20, d21, d22 = _load_matrix(dF_ptr, offs, mask)
-        return (f00 + d00, f01 + d01, f02 + d02, f10 + d10, f11 + d11, f12 + d12,
-                f20 + d20, f21 + d21, f22 + d22)
-    return f00, f01, f02, f10, f11, f12, f20, f21, f22
+def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled):
+    """Fh = F + ΔF; ΔF reads as 0 for particles from num_controlled on (0: a step without control)."""
+    d00, d01, d02, d10, d11, d12, d20, d21, d22 = _load_matrix(dF_ptr, offs, mask & (offs < num_controlled))
+    return (f00 + d00, f01 + d01, f02 + d02, f10 + d10, f11 + d11, f12 + d12,
+            f20 + d20, f21 + d21, f22 + d22)
 
 
 @triton.jit
@@ -399,7 +413,7 @@ def _particle_momentum(m, damp, v0, v1, v2, force_ptr, offs, mask, dt, HAS_FORCE
     return q0, q1, q2
 
 
-@triton.jit
+@launched_kernel
 def cell_keys(x_ptr, prm_ptr, keys_ptr, N, nx, ny, nz, BLOCK: tl.constexpr):
     """Flat index of each particle's base stencil node, [N] int32 (the sort key)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -408,12 +422,12 @@ def cell_keys(x_ptr, prm_ptr, keys_ptr, N, nx, ny, nz, BLOCK: tl.constexpr):
     tl.store(keys_ptr + offs, (b0 * ny + b1) * nz + b2, mask=mask)
 
 
-@triton.jit
+@launched_kernel
 def p2g_forward(
     x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
-    drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+    drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
+    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
     UNROLL: tl.constexpr,
 ):
     """Stress and P2G: adds each particle's mass and momentum to its 64 nodes.
@@ -429,7 +443,7 @@ def p2g_forward(
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = _load_matrix(C_ptr, offs, mask)
     m = _load_field(mass_ptr, mass_stride, offs, mask)
     (_r00, _r01, _r02, _r10, _r11, _r12, _r20, _r21, _r22, _k00, _k01, _k02, _k10, _k11, _k12, _k20, _k21, _k22,
@@ -465,7 +479,7 @@ def p2g_forward(
                 tl.atomic_add(node + 3, run2, mask=last, sem="relaxed")
 
 
-@triton.jit
+@launched_kernel
 def grid_velocity(grid_ptr, force_ptr, prm_ptr, velocity_ptr, G, nx, ny, nz,
                   CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr):
     """Grid update: node velocities [G, 4] (vx, vy, vz, unused) from mass and momentum, walls applied."""
@@ -528,11 +542,11 @@ def _trust_scale(b00, b11, b22, det, dt, trust_j, floor_j):
     return s, raw, safe_rate, active, J0
 
 
-@triton.jit
+@launched_kernel
 def g2p_forward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
-    x_out, v_out, F_out, C_out, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+    x_out, v_out, F_out, C_out, N, nx, ny, nz, num_controlled,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """G2P from the node velocities, trust region, smoothed F update, advection."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -545,7 +559,7 @@ def g2p_forward(
         tl.load(prm_ptr + PRM_AFFINE_SCALE), UNROLL)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     s, _raw, _rate, _active, _J0 = _trust_scale(
         b00, b11, b22, _det(h00, h01, h02, h10, h11, h12, h20, h21, h22), dt,
         tl.load(prm_ptr + PRM_TRUST_MIN_JACOBIAN), tl.load(prm_ptr + PRM_JACOBIAN_FLOOR))
@@ -562,12 +576,12 @@ def g2p_forward(
     _store_vector(x_out, offs, mask, x0 + dt * u0, x1 + dt * u1, x2 + dt * u2)
 
 
-@triton.jit
+@launched_kernel
 def g2p_backward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
-    grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+    grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Adjoint of G2P, the trust region and the F update.
 
@@ -587,7 +601,7 @@ def g2p_backward(
         velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
         h00, h01, h02, h10, h11, h12, h20, h21, h22)
     det = h00 * k00 + h01 * k01 + h02 * k02
@@ -655,7 +669,7 @@ def g2p_backward(
     _store_matrix(gFh_part_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
 
 
-@triton.jit
+@launched_kernel
 def grid_backward(
     grid_ptr, grad_grid_ptr, force_ptr, grad_force_ptr, prm_ptr, G, nx, ny, nz,
     CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
@@ -683,14 +697,14 @@ def grid_backward(
     tl.atomic_add(grad_force_ptr + 2, dt * tl.sum(gv2, axis=0), sem="relaxed")
 
 
-@triton.jit
+@launched_kernel
 def p2g_backward(
     x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
     drag_ptr, prm_ptr, grad_grid_ptr, gx_part_ptr, gFh_part_ptr, gF_out_ptr,
     gx_ptr, gv_ptr, gF_ptr, gC_ptr, gdF_ptr, gforce_ptr,
-    glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+    glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz, num_controlled,
+    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
     UNROLL: tl.constexpr,
 ):
     """Adjoint of the stress and P2G; finishes every particle and material gradient."""
@@ -706,7 +720,7 @@ def p2g_backward(
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = _load_matrix(C_ptr, offs, mask)
     lam = _load_field(lam_ptr, lam_stride, offs, mask)
     mu = _load_field(mu_ptr, mu_stride, offs, mask)
@@ -815,8 +829,7 @@ def p2g_backward(
     gh20 += two_mu * gp20 + y20 + z20 + g_det * k20 + pf20
     gh21 += two_mu * gp21 + y21 + z21 + g_det * k21 + pf21
     gh22 += two_mu * gp22 + y22 + z22 + g_det * k22 + pf22
-    if HAS_CONTROL:
-        _store_matrix(gdF_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
+    _store_matrix(gdF_ptr, offs, mask & (offs < num_controlled), gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
     go00, go01, go02, go10, go11, go12, go20, go21, go22 = _load_matrix(gF_out_ptr, offs, mask)
     gf00, gf01, gf02, gf10, gf11, gf12, gf20, gf21, gf22 = _lincomb9(
         1.0, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22,

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from physmorph.mpm.fused.kernels import launched_kernel
 from physmorph.mpm.plasticity import MIN_STRETCH_SQUARED
 
 # Cyclic Jacobi sweeps over the three pairs: quadratic convergence leaves 3×3 exact after four.
@@ -179,7 +180,7 @@ def _settings(prm_ptr):
     return tl.load(prm_ptr + PRM_YIELD_STRESS), tl.load(prm_ptr + PRM_HARDENING), tl.load(prm_ptr + PRM_STRETCH_FLOOR)
 
 
-@triton.jit
+@launched_kernel
 def return_mapping_forward(F_ptr, alpha_ptr, mu_ptr, mu_stride, Fe_ptr, alpha_out_ptr, prm_ptr, N,
                            SWEEPS: tl.constexpr, BLOCK: tl.constexpr):
     """Fe [N, 9] and α' [N] of the return mapping of F [N, 9] with plastic strain α [N]."""
@@ -201,7 +202,7 @@ def return_mapping_forward(F_ptr, alpha_ptr, mu_ptr, mu_stride, Fe_ptr, alpha_ou
     tl.store(alpha_out_ptr + offs, alpha + (L - r), mask=mask)
 
 
-@triton.jit
+@launched_kernel
 def return_mapping_backward(F_ptr, alpha_ptr, mu_ptr, mu_stride, gFe_ptr, galpha_out_ptr,
                             gF_ptr, galpha_ptr, gmu_ptr, prm_ptr, N,
                             SWEEPS: tl.constexpr, BLOCK: tl.constexpr, GAP: tl.constexpr):
