@@ -56,10 +56,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability × 10 (90 = H100/H200)")
+    parser.add_argument(
+        "--inner-unroll", type=int, default=fused.STENCIL_INNER_UNROLL, help="unroll of the inner stencil axes (1 or 4)"
+    )
     args = parser.parse_args()
     pointer = "*fp32" if args.dtype == "float32" else "*fp64"
-    scan = {"BLOCK": fused.SCAN_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
-    particle = {"BLOCK": fused.PARTICLE_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
+    unroll = {"UNROLL": fused.STENCIL_UNROLL, "INNER": args.inner_unroll}
+    scan = {"BLOCK": fused.SCAN_BLOCK} | unroll
+    particle = {"BLOCK": fused.PARTICLE_BLOCK} | unroll
     walls = {"CELLS": 3, "BOUNDARY": kernels.BOUNDARY_CODES["slip"], "BLOCK": fused.NODE_BLOCK}
     material = {"HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
     variants = (
@@ -80,7 +84,10 @@ def main() -> None:
     )
     target = GPUTarget("cuda", args.arch, 32)
     triton.knobs.compilation.always_compile = True  # time the compiler, not Triton's disk cache
-    print(f"triton {triton.__version__}; sm_{args.arch}; {args.dtype}; with ΔF control, slip walls")
+    print(
+        f"triton {triton.__version__}; sm_{args.arch}; {args.dtype}; with ΔF control, slip walls; "
+        f"stencil unroll {fused.STENCIL_UNROLL} × {args.inner_unroll}²"
+    )
     print(f"{'kernel':>14} {'warps':>5} {'compile s':>9} {'registers':>9} {'shared B':>8} {'spilled B':>9}")
     total = 0.0
     for name, kernel, constants, warps in variants:

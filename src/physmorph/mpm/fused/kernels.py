@@ -8,8 +8,8 @@ scalars aRC (row R, column C). The grid is [G, 4] rows (mass, momentum x, y, z);
 (i, j, k) sits at row (i·ny + j)·nz + k. The grid update writes the node velocities once per
 step into a second [G, 4] buffer (vx, vy, vz, unused), which G2P and its adjoint gather.
 `prm` holds the float settings in the data's dtype (so float64 runs keep full precision): see
-PARAMETERS. Stencil loops run the first axis as a loop (unrolled UNROLL times) and unroll the
-other two, so each iteration issues 16 independent node gathers.
+PARAMETERS. Stencil loops run each axis as a loop, the first unrolled UNROLL times, the inner two
+INNER times (INNER = 4 issues 16 independent node gathers per iteration of the first axis).
 """
 
 from __future__ import annotations
@@ -428,7 +428,7 @@ def p2g_forward(
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
     drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
     HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Stress and P2G: adds each particle's mass and momentum to its 64 nodes.
 
@@ -462,10 +462,10 @@ def p2g_forward(
 
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, _s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, _s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, _s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 _key, run_m, run0, run1, run2 = tl.associative_scan(
@@ -505,7 +505,8 @@ def _add_moments(w, n0, n1, n2, o0, o1, o2, u0, u1, u2, b00, b01, b02, b10, b11,
 
 
 @triton.jit
-def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL: tl.constexpr):
+def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale,
+                     UNROLL: tl.constexpr, INNER: tl.constexpr):
     """PIC velocity Σ w v_i and the APIC matrix B = D Σ w v_i (x_i − x_p)ᵀ over the 64 stencil nodes."""
     zero = 0.0 * l0
     u0 = zero
@@ -514,10 +515,10 @@ def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, sca
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, _s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, _s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, _s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 node = velocity_ptr + (row + k) * 4
@@ -546,7 +547,7 @@ def _trust_scale(b00, b11, b22, det, dt, trust_j, floor_j):
 def g2p_forward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     x_out, v_out, F_out, C_out, N, nx, ny, nz, num_controlled,
-    BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """G2P from the node velocities, trust region, smoothed F update, advection."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -556,7 +557,7 @@ def g2p_forward(
     x0, x1, x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
         velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, tl.load(prm_ptr + PRM_DX),
-        tl.load(prm_ptr + PRM_AFFINE_SCALE), UNROLL)
+        tl.load(prm_ptr + PRM_AFFINE_SCALE), UNROLL, INNER)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
@@ -581,7 +582,7 @@ def g2p_backward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
     grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
-    BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Adjoint of G2P, the trust region and the F update.
 
@@ -598,7 +599,7 @@ def g2p_backward(
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     # forward recompute of B for the trust region
     _u0, _u1, _u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
-        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL)
+        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL, INNER)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
@@ -642,10 +643,10 @@ def g2p_backward(
     inv_dx = 1.0 / dx
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 node = velocity_ptr + (row + k) * 4
@@ -705,7 +706,7 @@ def p2g_backward(
     gx_ptr, gv_ptr, gF_ptr, gC_ptr, gdF_ptr, gforce_ptr,
     glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz, num_controlled,
     HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Adjoint of the stress and P2G; finishes every particle and material gradient."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -751,10 +752,10 @@ def p2g_backward(
     inv_dx = 1.0 / dx
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 gnode = grad_grid_ptr + (row + k) * 4
