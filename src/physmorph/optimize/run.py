@@ -37,7 +37,7 @@ from physmorph.io.run_folder import (
 from physmorph.io.video import write_video
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import State
-from physmorph.mpm.fused import supports_fused
+from physmorph.mpm.fused.warmup import start_warm_up
 from physmorph.optimize.e2e import E2EResult
 from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
@@ -158,6 +158,8 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                 "run's; resume with its config or use another --out folder"
             )
     setup = build_setup(config, device, dtype)
+    # the kernels compile in worker processes while the views, surface and video are set up
+    warm_up = start_warm_up(setup.model, dtype, device) if settings.backend != "torch" else None
     if summary is None:
         summary = {
             "physmorph_version": physmorph.__version__,
@@ -191,12 +193,12 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         binding = bind_surface(
             setup.initial.positions, setup.initial.deformation_gradients, config.surface, mesh=setup.source_mesh
         )
-    if progress and settings.backend != "torch" and supports_fused(state, setup.model):
-        # otherwise the first progress step sits silent for as long as compilation takes
-        tqdm.write(
-            "fused GPU kernels: the first episode compiles them (about a minute on a new machine; "
-            "Triton caches them for later runs)"
-        )
+    if warm_up is not None:
+        if progress:
+            # otherwise the first progress step sits silent for as long as compilation takes
+            count = sum(map(len, warm_up.batches))
+            tqdm.write(f"fused GPU kernels: compiling {count} in parallel (Triton caches them for later runs)")
+        warm_up.wait()
     learning_rate = next_learning_rate(summary["episodes"], settings.learning_rate)
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)
