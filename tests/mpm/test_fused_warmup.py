@@ -86,7 +86,8 @@ print(json.dumps({
     "names": names,
     "keys_match": rebuilt == jit_keys,
     "cached": [warmup.is_cached(v) for v in variants],
-    "workers": len(seconds),
+    "workers": len(started.batches),
+    "timed": sorted(name.rsplit(".", 1)[1] for name in seconds),
     "again": again is None,
 }))
 """
@@ -108,6 +109,7 @@ def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
     assert result["keys_match"]
     assert all(result["cached"])
     assert result["workers"] == 2
+    assert result["timed"] == result["names"]
     assert result["again"]  # everything cached: nothing to start
     # elastic kernels compiled already; the return mapping's two are new
     assert result["plastic_names"] == ["return_mapping_backward", "return_mapping_forward"]

@@ -53,12 +53,13 @@ class WarmUp:
     futures: list[Future]
     executor: ThreadPoolExecutor
 
-    def wait(self) -> list[float]:
-        """Each worker's wall seconds, once every worker has finished (failures warn, never raise)."""
-        seconds = []
+    def wait(self) -> dict[str, float]:
+        """Compile seconds of each variant (by name) once every worker has finished; failures warn, never raise."""
+        seconds: dict[str, float] = {}
         for names, future in zip(self.batches, self.futures):
-            error, elapsed = future.result()
-            seconds.append(elapsed)
+            error, compiled = future.result()
+            for name, elapsed in compiled:
+                seconds[name] = seconds.get(name, 0.0) + elapsed
             if error:
                 warnings.warn(
                     f"ahead-of-time compile of {', '.join(names)} failed ({error}); they compile at their first launch",
@@ -167,9 +168,8 @@ def _recording() -> Iterator[dict[str, int]]:
         triton.knobs.runtime.jit_cache_hook = previous
 
 
-def _compile_in_worker(variants: list[str]) -> tuple[str, float]:
-    """Compile `variants` in a fresh Python process: ('' or why it failed, wall seconds)."""
-    start = time.perf_counter()
+def _compile_in_worker(variants: list[str]) -> tuple[str, list[tuple[str, float]]]:
+    """Compile `variants` in a fresh Python process: ('' or why it failed, (name, seconds) of each compiled)."""
     try:
         done = subprocess.run(
             [sys.executable, "-m", "physmorph.mpm.fused.warmup"],
@@ -180,10 +180,11 @@ def _compile_in_worker(variants: list[str]) -> tuple[str, float]:
             env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
         )
     except (OSError, subprocess.TimeoutExpired) as error:
-        return str(error), time.perf_counter() - start
+        return str(error), []
+    compiled = [(name, float(seconds)) for name, seconds in json.loads(done.stdout or "[]")]
     lines = done.stderr.strip().splitlines()
     error = "" if done.returncode == 0 else lines[-1] if lines else f"exit code {done.returncode}"
-    return error, time.perf_counter() - start
+    return error, compiled
 
 
 def compile_variant(variant: str) -> None:
@@ -252,6 +253,17 @@ def _tuples(value: object) -> object:
     return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
+def _main() -> None:
+    """The worker: compile the variants of the JSON list on stdin; print [[name, seconds], ...]."""
+    compiled = []
+    try:
+        for variant in json.loads(sys.stdin.read()):
+            start = time.perf_counter()
+            compile_variant(variant)
+            compiled.append((json.loads(variant)["name"], time.perf_counter() - start))
+    finally:
+        print(json.dumps(compiled))
+
+
 if __name__ == "__main__":
-    for item in json.loads(sys.stdin.read()):
-        compile_variant(item)
+    _main()
