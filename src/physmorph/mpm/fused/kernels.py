@@ -52,9 +52,14 @@ def launched_kernel(fn):
     and each variant costs a full compile, while these kernels gain nothing from them: every
     access is a strided gather of single scalars, never a vector load.
     """
-    parameters = inspect.signature(fn).parameters.items()
-    names = [name for name, param in parameters if "constexpr" not in str(param.annotation)]
+    names = runtime_arguments(fn)
     return triton.jit(do_not_specialize=names, do_not_specialize_on_alignment=names)(fn)
+
+
+def runtime_arguments(fn) -> list[str]:
+    """Names of the arguments of kernel function `fn` that are not constexpr."""
+    parameters = inspect.signature(fn).parameters.items()
+    return [name for name, param in parameters if "constexpr" not in str(param.annotation)]
 
 
 @triton.jit
