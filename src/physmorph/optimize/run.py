@@ -42,7 +42,7 @@ from physmorph.optimize.e2e import E2EResult
 from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
 from physmorph.optimize.memory import check_fits, peak_bytes, render_bytes
-from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
+from physmorph.optimize.setup import MorphSetup, build_setup, make_material, model_of, resolve_device
 from physmorph.optimize.views import mesh_images, render_frames, render_settings, turntable
 from physmorph.surface import SurfaceBinding, bind_surface
 
@@ -157,9 +157,13 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                 f"cannot resume '{paths.root}' with a different config: {', '.join(changed)} differ from the "
                 "run's; resume with its config or use another --out folder"
             )
+    warm_up = None
+    if settings.backend != "torch":
+        # the kernels compile in worker processes while the bodies are filled and the views set up
+        no_particles = torch.zeros(0, dtype=dtype, device=device)
+        material = make_material(config.simulation, dtype, device)
+        warm_up = start_warm_up(model_of(config.simulation, material, no_particles, no_particles), dtype, device)
     setup = build_setup(config, device, dtype)
-    # the kernels compile in worker processes while the views, surface and video are set up
-    warm_up = start_warm_up(setup.model, dtype, device) if settings.backend != "torch" else None
     if summary is None:
         summary = {
             "physmorph_version": physmorph.__version__,
