@@ -4,7 +4,8 @@ Runnable as `python benchmarks/fused_compile.py [--dtype float32] [--arch 90]` w
 installed (`pip install triton` on a CPU machine will do): Triton compiles ahead of time for the
 given architecture with its bundled LLVM and ptxas, and cuobjdump reads each kernel's registers,
 shared memory and local (spill) memory. Launch parameters are those of physmorph.mpm.fused.function.
-The first episode of a GPU morph pays these compile times (Triton caches the result on disk).
+A GPU morph compiles each once, in worker processes before its first episode
+(physmorph.mpm.fused.warmup); Triton caches the result on disk.
 """
 
 from __future__ import annotations
@@ -56,18 +57,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability × 10 (90 = H100/H200)")
+    parser.add_argument(
+        "--inner-unroll", type=int, default=fused.STENCIL_INNER_UNROLL, help="unroll of the inner stencil axes (1 or 4)"
+    )
     args = parser.parse_args()
     pointer = "*fp32" if args.dtype == "float32" else "*fp64"
-    scan = {"BLOCK": fused.SCAN_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
-    particle = {"BLOCK": fused.PARTICLE_BLOCK, "UNROLL": fused.STENCIL_UNROLL}
+    unroll = {"UNROLL": fused.STENCIL_UNROLL, "INNER": args.inner_unroll}
+    scan = {"BLOCK": fused.SCAN_BLOCK} | unroll
+    particle = {"BLOCK": fused.PARTICLE_BLOCK} | unroll
     walls = {"CELLS": 3, "BOUNDARY": kernels.BOUNDARY_CODES["slip"], "BLOCK": fused.NODE_BLOCK}
-    material = {"HAS_CONTROL": True, "HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
+    material = {"HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
     variants = (
         ("cell_keys", kernels.cell_keys, {"BLOCK": fused.NODE_BLOCK}, 4),
         ("p2g_forward", kernels.p2g_forward, material | scan, fused.SCAN_WARPS),
         ("grid_velocity", kernels.grid_velocity, walls, 4),
-        ("g2p_forward", kernels.g2p_forward, {"HAS_CONTROL": True} | particle, fused.PARTICLE_WARPS),
-        ("g2p_backward", kernels.g2p_backward, {"HAS_CONTROL": True} | scan, fused.SCAN_WARPS),
+        ("g2p_forward", kernels.g2p_forward, particle, fused.PARTICLE_WARPS),
+        ("g2p_backward", kernels.g2p_backward, scan, fused.SCAN_WARPS),
         ("grid_backward", kernels.grid_backward, walls, 4),
         ("p2g_backward", kernels.p2g_backward, material | particle, fused.PARTICLE_WARPS),
         ("plastic_fwd", plastic.return_mapping_forward, {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK}, 4),
@@ -80,7 +85,10 @@ def main() -> None:
     )
     target = GPUTarget("cuda", args.arch, 32)
     triton.knobs.compilation.always_compile = True  # time the compiler, not Triton's disk cache
-    print(f"triton {triton.__version__}; sm_{args.arch}; {args.dtype}; with ΔF control, slip walls")
+    print(
+        f"triton {triton.__version__}; sm_{args.arch}; {args.dtype}; with ΔF control, slip walls; "
+        f"stencil unroll {fused.STENCIL_UNROLL} × {args.inner_unroll}²"
+    )
     print(f"{'kernel':>14} {'warps':>5} {'compile s':>9} {'registers':>9} {'shared B':>8} {'spilled B':>9}")
     total = 0.0
     for name, kernel, constants, warps in variants:

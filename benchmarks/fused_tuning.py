@@ -1,6 +1,7 @@
 """Launch-parameter sweep of the fused MPM kernels: forward (and forward+backward) ms per config.
 
-Runnable as `python benchmarks/fused_tuning.py [--n 1048576] [--backward]` on a CUDA machine.
+Runnable as `python benchmarks/fused_tuning.py [--n 1048576] [--backward] [--inner-unroll 1 4]` on a
+CUDA machine (`--inner-unroll`: the rows again for each unroll of the inner two stencil axes).
 Each row sets the block sizes and warps of the scanning kernels (P2G forward, G2P adjoint), of
 the per-particle kernels (G2P forward, P2G adjoint) and the unroll factor of the outer stencil
 axis, then times one step on the dense block of benchmarks/mpm_step.py. The first call of a row
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     parser.add_argument("--full", action="store_true", help="every combination, not one axis at a time")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--inner-unroll", type=int, nargs="+", default=[fused.STENCIL_INNER_UNROLL])
     args = parser.parse_args()
     device = torch.device("cuda")
     dtype = getattr(torch, args.dtype)
@@ -54,14 +56,15 @@ def main() -> None:
 
     print(f"device: {torch.cuda.get_device_name(device)}; N = {count}; {args.dtype}")
     print(
-        f"{'scan':>9} {'particle':>9} {'unroll':>6} {'first s':>8} {'fwd ms':>8} {'fwd Mp/s':>9}"
+        f"{'scan':>9} {'particle':>9} {'unroll':>6} {'inner':>5} {'first s':>8} {'fwd ms':>8} {'fwd Mp/s':>9}"
         f" {'f+b ms':>8} {'f+b Mp/s':>9}"
     )
-    for scan, particle, unroll in configs(args.full):
+    for inner, (scan, particle, unroll) in itertools.product(args.inner_unroll, configs(args.full)):
         fused.SCAN_BLOCK, fused.SCAN_WARPS = scan
         fused.PARTICLE_BLOCK, fused.PARTICLE_WARPS = particle
         fused.STENCIL_UNROLL = unroll
-        label = f"{scan[0]:>5}/{scan[1]:<3} {particle[0]:>5}/{particle[1]:<3} {unroll:>6}"
+        fused.STENCIL_INNER_UNROLL = inner
+        label = f"{scan[0]:>5}/{scan[1]:<3} {particle[0]:>5}/{particle[1]:<3} {unroll:>6} {inner:>5}"
         try:
             t0 = time.perf_counter()
             forward()

@@ -20,8 +20,12 @@ PARTICLE_WARPS = 2
 SCAN_BLOCK = 32
 SCAN_WARPS = 1
 NODE_BLOCK = 1024
-# Unroll factor of the outer stencil axis (the inner two are always unrolled).
+# Unroll factors of the outer stencil axis and of the inner two. Inner loops of 4 unrolled (16
+# independent node gathers per outer iteration) took 5x the compile time (g2p_backward 12.6 s,
+# p2g_backward 9.8 s against 1.0 and 2.4 s on a 2-core CPU for sm_90, benchmarks/fused_compile.py),
+# all of it in Triton's layout pass over the unrolled body; set 4 to compare run times.
 STENCIL_UNROLL = 1
+STENCIL_INNER_UNROLL = 1
 # The reference's occupied-node threshold and the guard of det F̂ in J F̂⁻ᵀ.
 MASS_THRESHOLD = 1e-12
 TINY_DETERMINANT = 1e-30
@@ -150,11 +154,12 @@ class FusedStep(torch.autograd.Function):
             nx,
             ny,
             nz,
-            HAS_CONTROL=dF is not None,
+            n if dF is not None else 0,
             HAS_FORCE=force is not None,
             NEWTON=NEWTON_ITERATIONS,
             BLOCK=SCAN_BLOCK,
             UNROLL=STENCIL_UNROLL,
+            INNER=STENCIL_INNER_UNROLL,
             num_warps=SCAN_WARPS,
         )
         velocity = node_velocities(grid, external_force, prm, settings)
@@ -176,9 +181,10 @@ class FusedStep(torch.autograd.Function):
             nx,
             ny,
             nz,
-            HAS_CONTROL=dF is not None,
+            n if dF is not None else 0,
             BLOCK=PARTICLE_BLOCK,
             UNROLL=STENCIL_UNROLL,
+            INNER=STENCIL_INNER_UNROLL,
             num_warps=PARTICLE_WARPS,
         )
         ctx.save_for_backward(
@@ -221,9 +227,10 @@ class FusedStep(torch.autograd.Function):
             nx,
             ny,
             nz,
-            HAS_CONTROL=dF is not None,
+            n if dF is not None else 0,
             BLOCK=SCAN_BLOCK,
             UNROLL=STENCIL_UNROLL,
+            INNER=STENCIL_INNER_UNROLL,
             num_warps=SCAN_WARPS,
         )
         grad_external = torch.zeros(3, dtype=x.dtype, device=x.device)
@@ -289,11 +296,12 @@ class FusedStep(torch.autograd.Function):
             nx,
             ny,
             nz,
-            HAS_CONTROL=dF is not None,
+            n if dF is not None else 0,
             HAS_FORCE=force is not None,
             NEWTON=NEWTON_ITERATIONS,
             BLOCK=PARTICLE_BLOCK,
             UNROLL=STENCIL_UNROLL,
+            INNER=STENCIL_INNER_UNROLL,
             num_warps=PARTICLE_WARPS,
         )
         return (

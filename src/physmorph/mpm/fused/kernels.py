@@ -8,11 +8,13 @@ scalars aRC (row R, column C). The grid is [G, 4] rows (mass, momentum x, y, z);
 (i, j, k) sits at row (i·ny + j)·nz + k. The grid update writes the node velocities once per
 step into a second [G, 4] buffer (vx, vy, vz, unused), which G2P and its adjoint gather.
 `prm` holds the float settings in the data's dtype (so float64 runs keep full precision): see
-PARAMETERS. Stencil loops run the first axis as a loop (unrolled UNROLL times) and unroll the
-other two, so each iteration issues 16 independent node gathers.
+PARAMETERS. Stencil loops run each axis as a loop, the first unrolled UNROLL times, the inner two
+INNER times (INNER = 4 issues 16 independent node gathers per iteration of the first axis).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import triton
 import triton.language as tl
@@ -39,6 +41,25 @@ PRM_MASS_THRESHOLD = tl.constexpr(PARAMETERS.index("mass_threshold"))
 PRM_TINY_DETERMINANT = tl.constexpr(PARAMETERS.index("tiny_determinant"))
 
 BOUNDARY_CODES = {"none": 0, "sticky": 1, "slip": 2}
+
+
+def launched_kernel(fn):
+    """triton.jit for a kernel launched from the host, without Triton's specialisation on argument values.
+
+    Triton compiles a separate variant for each integer argument equal to 1 or divisible by 16
+    and each pointer aligned to 16 bytes. In a morph those vary from call to call (a control
+    ΔF or a cotangent is a slice of a stacked [T, N, ...] tensor, aligned or not by its offset),
+    and each variant costs a full compile, while these kernels gain nothing from them: every
+    access is a strided gather of single scalars, never a vector load.
+    """
+    names = runtime_arguments(fn)
+    return triton.jit(do_not_specialize=names, do_not_specialize_on_alignment=names)(fn)
+
+
+def runtime_arguments(fn) -> list[str]:
+    """Names of the arguments of kernel function `fn` that are not constexpr."""
+    parameters = inspect.signature(fn).parameters.items()
+    return [name for name, param in parameters if "constexpr" not in str(param.annotation)]
 
 
 @triton.jit
@@ -295,13 +316,11 @@ def _store_vector(ptr, offs, mask, a0, a1, a2):
 
 
 @triton.jit
-def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL: tl.constexpr):
-    """Fh = F + ΔF."""
-    if HAS_CONTROL:
-        d00, d01, d02, d10, d11, d12, d20, d21, d22 = _load_matrix(dF_ptr, offs, mask)
-        return (f00 + d00, f01 + d01, f02 + d02, f10 + d10, f11 + d11, f12 + d12,
-                f20 + d20, f21 + d21, f22 + d22)
-    return f00, f01, f02, f10, f11, f12, f20, f21, f22
+def _controlled(f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled):
+    """Fh = F + ΔF; ΔF reads as 0 for particles from num_controlled on (0: a step without control)."""
+    d00, d01, d02, d10, d11, d12, d20, d21, d22 = _load_matrix(dF_ptr, offs, mask & (offs < num_controlled))
+    return (f00 + d00, f01 + d01, f02 + d02, f10 + d10, f11 + d11, f12 + d12,
+            f20 + d20, f21 + d21, f22 + d22)
 
 
 @triton.jit
@@ -399,7 +418,7 @@ def _particle_momentum(m, damp, v0, v1, v2, force_ptr, offs, mask, dt, HAS_FORCE
     return q0, q1, q2
 
 
-@triton.jit
+@launched_kernel
 def cell_keys(x_ptr, prm_ptr, keys_ptr, N, nx, ny, nz, BLOCK: tl.constexpr):
     """Flat index of each particle's base stencil node, [N] int32 (the sort key)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -408,13 +427,13 @@ def cell_keys(x_ptr, prm_ptr, keys_ptr, N, nx, ny, nz, BLOCK: tl.constexpr):
     tl.store(keys_ptr + offs, (b0 * ny + b1) * nz + b2, mask=mask)
 
 
-@triton.jit
+@launched_kernel
 def p2g_forward(
     x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
-    drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
-    UNROLL: tl.constexpr,
+    drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
+    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+    UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Stress and P2G: adds each particle's mass and momentum to its 64 nodes.
 
@@ -429,7 +448,7 @@ def p2g_forward(
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = _load_matrix(C_ptr, offs, mask)
     m = _load_field(mass_ptr, mass_stride, offs, mask)
     (_r00, _r01, _r02, _r10, _r11, _r12, _r20, _r21, _r22, _k00, _k01, _k02, _k10, _k11, _k12, _k20, _k21, _k22,
@@ -448,10 +467,10 @@ def p2g_forward(
 
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, _s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, _s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, _s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 _key, run_m, run0, run1, run2 = tl.associative_scan(
@@ -465,7 +484,7 @@ def p2g_forward(
                 tl.atomic_add(node + 3, run2, mask=last, sem="relaxed")
 
 
-@triton.jit
+@launched_kernel
 def grid_velocity(grid_ptr, force_ptr, prm_ptr, velocity_ptr, G, nx, ny, nz,
                   CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr):
     """Grid update: node velocities [G, 4] (vx, vy, vz, unused) from mass and momentum, walls applied."""
@@ -491,7 +510,8 @@ def _add_moments(w, n0, n1, n2, o0, o1, o2, u0, u1, u2, b00, b01, b02, b10, b11,
 
 
 @triton.jit
-def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL: tl.constexpr):
+def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale,
+                     UNROLL: tl.constexpr, INNER: tl.constexpr):
     """PIC velocity Σ w v_i and the APIC matrix B = D Σ w v_i (x_i − x_p)ᵀ over the 64 stencil nodes."""
     zero = 0.0 * l0
     u0 = zero
@@ -500,10 +520,10 @@ def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, sca
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, _s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, _s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, _s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 node = velocity_ptr + (row + k) * 4
@@ -528,11 +548,11 @@ def _trust_scale(b00, b11, b22, det, dt, trust_j, floor_j):
     return s, raw, safe_rate, active, J0
 
 
-@triton.jit
+@launched_kernel
 def g2p_forward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
-    x_out, v_out, F_out, C_out, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+    x_out, v_out, F_out, C_out, N, nx, ny, nz, num_controlled,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """G2P from the node velocities, trust region, smoothed F update, advection."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -542,10 +562,10 @@ def g2p_forward(
     x0, x1, x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
         velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, tl.load(prm_ptr + PRM_DX),
-        tl.load(prm_ptr + PRM_AFFINE_SCALE), UNROLL)
+        tl.load(prm_ptr + PRM_AFFINE_SCALE), UNROLL, INNER)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     s, _raw, _rate, _active, _J0 = _trust_scale(
         b00, b11, b22, _det(h00, h01, h02, h10, h11, h12, h20, h21, h22), dt,
         tl.load(prm_ptr + PRM_TRUST_MIN_JACOBIAN), tl.load(prm_ptr + PRM_JACOBIAN_FLOOR))
@@ -562,12 +582,12 @@ def g2p_forward(
     _store_vector(x_out, offs, mask, x0 + dt * u0, x1 + dt * u1, x2 + dt * u2)
 
 
-@triton.jit
+@launched_kernel
 def g2p_backward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
-    grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+    grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Adjoint of G2P, the trust region and the F update.
 
@@ -584,10 +604,10 @@ def g2p_backward(
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     # forward recompute of B for the trust region
     _u0, _u1, _u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
-        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL)
+        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL, INNER)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     k00, k01, k02, k10, k11, k12, k20, k21, k22 = _cofactor(
         h00, h01, h02, h10, h11, h12, h20, h21, h22)
     det = h00 * k00 + h01 * k01 + h02 * k02
@@ -628,10 +648,10 @@ def g2p_backward(
     inv_dx = 1.0 / dx
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 node = velocity_ptr + (row + k) * 4
@@ -655,7 +675,7 @@ def g2p_backward(
     _store_matrix(gFh_part_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
 
 
-@triton.jit
+@launched_kernel
 def grid_backward(
     grid_ptr, grad_grid_ptr, force_ptr, grad_force_ptr, prm_ptr, G, nx, ny, nz,
     CELLS: tl.constexpr, BOUNDARY: tl.constexpr, BLOCK: tl.constexpr,
@@ -683,15 +703,15 @@ def grid_backward(
     tl.atomic_add(grad_force_ptr + 2, dt * tl.sum(gv2, axis=0), sem="relaxed")
 
 
-@triton.jit
+@launched_kernel
 def p2g_backward(
     x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
     drag_ptr, prm_ptr, grad_grid_ptr, gx_part_ptr, gFh_part_ptr, gF_out_ptr,
     gx_ptr, gv_ptr, gF_ptr, gC_ptr, gdF_ptr, gforce_ptr,
-    glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz,
-    HAS_CONTROL: tl.constexpr, HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
-    UNROLL: tl.constexpr,
+    glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz, num_controlled,
+    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+    UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Adjoint of the stress and P2G; finishes every particle and material gradient."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -706,7 +726,7 @@ def p2g_backward(
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
-        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, HAS_CONTROL)
+        f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
     c00, c01, c02, c10, c11, c12, c20, c21, c22 = _load_matrix(C_ptr, offs, mask)
     lam = _load_field(lam_ptr, lam_stride, offs, mask)
     mu = _load_field(mu_ptr, mu_stride, offs, mask)
@@ -737,10 +757,10 @@ def p2g_backward(
     inv_dx = 1.0 / dx
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
         w0, s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.static_range(4):
+        for j in tl.range(0, 4, loop_unroll_factor=INNER):
             w1, s1, o1 = _axis(b1, l1, j, dx)
             row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.static_range(4):
+            for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
                 gnode = grad_grid_ptr + (row + k) * 4
@@ -815,8 +835,7 @@ def p2g_backward(
     gh20 += two_mu * gp20 + y20 + z20 + g_det * k20 + pf20
     gh21 += two_mu * gp21 + y21 + z21 + g_det * k21 + pf21
     gh22 += two_mu * gp22 + y22 + z22 + g_det * k22 + pf22
-    if HAS_CONTROL:
-        _store_matrix(gdF_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
+    _store_matrix(gdF_ptr, offs, mask & (offs < num_controlled), gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
     go00, go01, go02, go10, go11, go12, go20, go21, go22 = _load_matrix(gF_out_ptr, offs, mask)
     gf00, gf01, gf02, gf10, gf11, gf12, gf20, gf21, gf22 = _lincomb9(
         1.0, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22,

@@ -1,0 +1,270 @@
+"""Compile the fused kernels a rollout will launch in parallel worker processes, before its first step.
+
+Triton compiles a kernel the first time it is launched, in the launching process and holding the
+GIL, so the kernels of a step compile one after another, and threads do not overlap them either.
+`start_warm_up` runs one dry forward and backward step of a probe of a few particles with Triton's
+compile hook set: every kernel variant that is not compiled yet is recorded instead of compiled
+(and not launched). Worker processes then compile the recorded variants into Triton's on-disk
+cache (TRITON_CACHE_DIR), all at once, and the first real launch of each finds it there. The
+kernels specialise on dtype, wall condition, force and plasticity only (kernels.launched_kernel),
+so the probe's variants are those of every rollout of the same model.
+
+`python -m physmorph.mpm.fused.warmup` is the worker: it reads a JSON list of variants (Triton's
+specialisation JSON) on stdin and compiles them in turn. Each worker takes about 1.5 s to import
+torch and Triton, so the variants are shared among at most one worker per core.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+
+from physmorph.mpm.state import Model, State
+
+# Particles of the probe step: enough for a cell of its own and a shared one.
+PROBE_PARTICLES = 4
+# A worker that takes longer than this is abandoned (its kernels then compile at their first launch);
+# one variant compiles in under 15 s on a 2-core CPU even fully unrolled.
+WORKER_TIMEOUT_SECONDS = 120.0
+
+
+class WarmUpWarning(UserWarning):
+    """A kernel could not be compiled ahead; it compiles at its first launch instead."""
+
+
+@dataclass
+class WarmUp:
+    """Kernel variants being compiled by worker processes; `wait` blocks until they are done.
+
+    batches: the variants' names (module.kernel) of each worker
+    """
+
+    batches: list[list[str]]
+    futures: list[Future]
+    executor: ThreadPoolExecutor
+
+    def wait(self) -> dict[str, float]:
+        """Compile seconds of each variant (by name) once every worker has finished; failures warn, never raise."""
+        seconds: dict[str, float] = {}
+        for names, future in zip(self.batches, self.futures):
+            error, compiled = future.result()
+            for name, elapsed in compiled:
+                seconds[name] = seconds.get(name, 0.0) + elapsed
+            if error:
+                warnings.warn(
+                    f"ahead-of-time compile of {', '.join(names)} failed ({error}); they compile at their first launch",
+                    WarmUpWarning,
+                    stacklevel=2,
+                )
+        self.executor.shutdown()
+        return seconds
+
+
+def start_warm_up(model: Model, dtype: torch.dtype, device: torch.device, workers: int | None = None) -> WarmUp | None:
+    """Start compiling every fused-kernel variant that rollouts of `model` (with and without ΔF
+    control, and their backward) will launch on `device` in `dtype`, in up to `workers` processes
+    (default: one per CPU core).
+
+    Only the model's settings count (grid, walls, material, plasticity), not its particle arrays.
+    Returns None where the fused step would not run (no CUDA, no Triton, an unsupported model, the
+    Triton interpreter) or every variant is compiled already; then there is nothing to wait for.
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return None
+    from physmorph.mpm.fused import supports_fused
+
+    state, probe = _probe(model, dtype, device)
+    if not supports_fused(state, probe):
+        return None
+    try:
+        recorded = pending_variants(state, probe)
+        variants = {variant: size for variant, size in recorded.items() if not is_cached(variant)}
+    except Exception as error:  # a Triton whose hook or cache differs: the kernels compile when launched
+        warnings.warn(f"no ahead-of-time compile of the fused kernels ({error!r})", WarmUpWarning, stacklevel=2)
+        return None
+    if not variants:
+        return None
+    count = max(1, min(len(variants), workers or os.cpu_count() or 1))
+    # longest first, each to the least loaded worker
+    batches: list[list[str]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for variant in sorted(variants, key=variants.get, reverse=True):
+        lightest = loads.index(min(loads))
+        batches[lightest].append(variant)
+        loads[lightest] += variants[variant]
+    executor = ThreadPoolExecutor(max_workers=count)
+    futures = [executor.submit(_compile_in_worker, batch) for batch in batches]
+    names = [[json.loads(variant)["name"] for variant in batch] for batch in batches]
+    return WarmUp(names, futures, executor)
+
+
+def pending_variants(state: State, model: Model) -> dict[str, int]:
+    """Triton's specialisation JSON of every kernel variant that a step of `state` under `model`
+    (with and without ΔF control) and its backward would compile, with the length of the kernel's
+    source: a dry step that launches nothing uncompiled (kernels compiled already run, on the
+    probe's valid data)."""
+    from physmorph.mpm.fused import fused_step
+
+    with _recording() as variants, torch.enable_grad():
+        for control in (torch.zeros_like(state.deformation_gradients), None):
+            leaves = [tensor.detach().clone().requires_grad_() for tensor in state.tensors[:4]]
+            if control is not None:
+                control.requires_grad_()
+            after = fused_step(State(*leaves, *state.tensors[4:]), model, control)
+            outputs = [tensor for tensor in after.tensors if tensor.requires_grad]
+            torch.autograd.backward(outputs, [torch.ones_like(tensor) for tensor in outputs])
+    return variants
+
+
+def _probe(model: Model, dtype: torch.dtype, device: torch.device) -> tuple[State, Model]:
+    """A state of PROBE_PARTICLES at rest around the grid's centre, and `model` sized for it."""
+    grid = model.grid
+    centre = torch.tensor([(low + high) / 2 for low, high in zip(grid.min_corner, grid.max_corner)], dtype=dtype)
+    offsets = torch.linspace(0.0, 1.5 * grid.dx, PROBE_PARTICLES, dtype=dtype)[:, None]
+    positions = (centre + offsets).to(device)
+    state = State.at_rest(positions)
+    if model.plasticity is not None:
+        state = replace(state, plastic_strain=torch.zeros(PROBE_PARTICLES, dtype=dtype, device=device))
+    material = model.material
+    scalars = {name: _first(getattr(material, name), dtype, device) for name in ("lam", "mu", "density")}
+    ones = torch.ones(PROBE_PARTICLES, dtype=dtype, device=device)
+    probe = replace(model, material=replace(material, **scalars), lattice_volumes=ones, volumes=ones)
+    return state, probe
+
+
+def _first(value: torch.Tensor | float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A per-particle or scalar material parameter as a 0-d tensor (the kernels do not specialise on which)."""
+    number = float(value.reshape(-1)[0]) if isinstance(value, torch.Tensor) else float(value)
+    return torch.tensor(number, dtype=dtype, device=device)
+
+
+@contextmanager
+def _recording() -> Iterator[dict[str, int]]:
+    """Within: a launch of an uncompiled kernel records its specialisation JSON (and the length of
+    its source, a proxy of its compile time) and returns without compiling."""
+    import triton
+
+    variants: dict[str, int] = {}
+
+    def record(*, fn: object, compile: dict, **_: object) -> bool:
+        variants[compile["specialization_data"]] = len(fn.jit_function.src)
+        return True  # skip the compile, and with it the launch
+
+    previous = triton.knobs.runtime.jit_cache_hook
+    triton.knobs.runtime.jit_cache_hook = record
+    try:
+        yield variants
+    finally:
+        triton.knobs.runtime.jit_cache_hook = previous
+
+
+def _compile_in_worker(variants: list[str]) -> tuple[str, list[tuple[str, float]]]:
+    """Compile `variants` in a fresh Python process: ('' or why it failed, (name, seconds) of each compiled)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "physmorph.mpm.fused.warmup"],
+            input=json.dumps(variants),
+            capture_output=True,
+            text=True,
+            timeout=WORKER_TIMEOUT_SECONDS,
+            env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return str(error), []
+    compiled = [(name, float(seconds)) for name, seconds in json.loads(done.stdout or "[]")]
+    lines = done.stderr.strip().splitlines()
+    error = "" if done.returncode == 0 else lines[-1] if lines else f"exit code {done.returncode}"
+    return error, compiled
+
+
+def compile_variant(variant: str) -> None:
+    """Compile one variant (Triton's specialisation JSON, as its jit_cache_hook gets it) into the disk cache."""
+    import triton
+
+    source, target, options = variant_source(variant)
+    triton.compile(source, target=target, options=options)
+
+
+def variant_source(variant: str) -> tuple[object, object, dict]:
+    """(ASTSource, GPUTarget, options) of a variant: what its launch would have compiled (same
+    source, signature, constants, attributes, options and target, hence the same cache key)."""
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+
+    data = json.loads(variant)
+    module, name = data["name"].rsplit(".", 1)
+    kernel = getattr(importlib.import_module(module), name)
+
+    def constant(value: object) -> object:
+        if isinstance(value, str) and tl.dtype.is_dtype(value):
+            return tl.dtype(value)
+        if isinstance(value, dict) and "constexpr" in value:
+            return tl.constexpr(_tuples(value["constexpr"]))
+        return _tuples(value)
+
+    constants = {tuple(key): constant(value) for key, value in zip(data["constant_keys"], data["constant_vals"])}
+    attrs = {tuple(key): value for key, value in zip(data["attrs_keys"], data["attrs_vals"])}
+    signature = {key: _tuples(value) for key, value in data["signature"].items()}
+    target = GPUTarget(**data["target"])
+    options = make_backend(target).parse_options(
+        {key: tuple(value) if isinstance(value, list) else value for key, value in data["options"].items()}
+    )
+    return ASTSource(kernel, signature, constants, attrs), target, options.__dict__
+
+
+def is_cached(variant: str) -> bool:
+    """Whether Triton's disk cache holds `variant` (its first launch would load, not compile, it)."""
+    from triton.runtime.cache import get_cache_manager
+
+    source, target, options = variant_source(variant)
+    group = get_cache_manager(cache_key(source, target, options)).get_group(f"{source.name[:150]}.json")
+    return bool(group) and f"{source.name[:150]}.json" in group
+
+
+def cache_key(source: object, target: object, options: dict) -> str:
+    """The disk-cache key under which triton.compile(source, target, options) stores its result
+    (its own computation, without the compile)."""
+    import hashlib
+
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.cache import get_cache_key
+
+    backend = make_backend(target)
+    parsed = backend.parse_options(dict(options, **source.parse_options()))
+    key = get_cache_key(source, backend, parsed, env_vars=get_cache_invalidating_env_vars())
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _tuples(value: object) -> object:
+    """JSON's lists back to the tuples Triton wrote (its kernel signatures hold no lists)."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
+
+
+def _main() -> None:
+    """The worker: compile the variants of the JSON list on stdin; print [[name, seconds], ...]."""
+    compiled = []
+    try:
+        for variant in json.loads(sys.stdin.read()):
+            start = time.perf_counter()
+            compile_variant(variant)
+            compiled.append((json.loads(variant)["name"], time.perf_counter() - start))
+    finally:
+        print(json.dumps(compiled))
+
+
+if __name__ == "__main__":
+    _main()
