@@ -15,9 +15,9 @@ a variant whose hook data cannot be rebuilt stops the dry step at that kernel, s
 costs one launch, not a step.
 
 `python -m physmorph.mpm.fused.warmup` is the worker: it reads a JSON list of variants (Triton's
-specialisation JSON, with the target it compiles for and the kernel's hash) on stdin and compiles them in turn. Each
-worker takes about 1.5 s to import torch and Triton, so the variants are shared among at most one
-worker per core.
+specialisation JSON, with the target it compiles for and the kernel's hash) on stdin and compiles
+them in turn. Each worker takes about 1.5 s to import torch and Triton, so the variants are shared
+among at most one worker per core.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def supports_warm_up() -> bool:
 
 
 def pending_variants(state: State, model: Model) -> dict[str, int]:
-    """Triton's specialisation JSON (with its target) of every kernel variant that a step of `state`
+    """Triton's specialisation JSON (with target and kernel hash) of every kernel variant that a step of `state`
     under `model` (with and without ΔF control) and its backward would compile, with the length of
     the kernel's source: a dry step that launches nothing uncompiled (kernels compiled already run,
     on the probe's valid data). Raises at the first variant that cannot be rebuilt from its JSON."""
@@ -185,9 +185,9 @@ def _first(value: torch.Tensor | float, dtype: torch.dtype, device: torch.device
 @contextmanager
 def _recording() -> Iterator[dict[str, int]]:
     """Within: a launch of an uncompiled kernel records its specialisation JSON with the target and
-    the kernel's hash (KERNEL_HASH) (and
-    the length of its source, a proxy of its compile time) and returns without compiling; one whose
-    JSON cannot be rebuilt into its compile raises there, before the rest of the step."""
+    the kernel's hash (KERNEL_HASH), and the length of its source (a proxy of its compile time), and
+    returns without compiling; one whose JSON cannot be rebuilt into its compile raises there,
+    before the rest of the step."""
     import triton
     from triton.runtime.driver import driver
 
