@@ -22,6 +22,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import json
 import os
+import warnings
 from dataclasses import replace
 
 import torch
@@ -81,7 +82,25 @@ again = warmup.start_warm_up(model, torch.float32, torch.device("cpu"), workers=
 plastic = warmup._probe(replace(model, plasticity=Plasticity(50.0, 10.0)), torch.float32, torch.device("cpu"))
 plastic_names = sorted(
     json.loads(v)["name"].rsplit(".", 1)[1] for v in warmup.pending_variants(*plastic) if not warmup.is_cached(v))
+
+# hook data that cannot be rebuilt: the dry step stops at the first uncompiled kernel, with a warning
+rebuilds = []
+
+
+def unreadable(variant):
+    rebuilds.append(variant)
+    raise KeyError("target")
+
+
+readable, warmup.variant_source = warmup.variant_source, unreadable
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    failed = warmup.start_warm_up(replace(model, plasticity=Plasticity(50.0, 10.0)), torch.float32, torch.device("cpu"))
+warmup.variant_source = readable
 print(json.dumps({
+    "failed": failed is None,
+    "failure_warnings": [type(warning.message).__name__ for warning in caught],
+    "rebuilds": len(rebuilds),
     "plastic_names": plastic_names,
     "names": names,
     "keys_match": rebuilt == jit_keys,
@@ -96,7 +115,8 @@ print(json.dumps({
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton)")
 def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
     env = os.environ | {
-        "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), str(REPOSITORY)]),
+        # the caller's path after the repository's, so a Triton installed beside the venv's is the one tested
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
         "TRITON_CACHE_DIR": str(tmp_path / "cache"),
         "TRITON_DEFAULT_FP_FUSION": "1",
         "TRITON_INTERPRET": "0",
@@ -113,3 +133,6 @@ def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
     assert result["again"]  # everything cached: nothing to start
     # elastic kernels compiled already; the return mapping's two are new
     assert result["plastic_names"] == ["return_mapping_backward", "return_mapping_forward"]
+    assert result["failed"]
+    assert result["failure_warnings"] == ["WarmUpWarning"]
+    assert result["rebuilds"] == 1

@@ -9,14 +9,21 @@ cache (TRITON_CACHE_DIR), all at once, and the first real launch of each finds i
 kernels specialise on dtype, wall condition, force and plasticity only (kernels.launched_kernel),
 so the probe's variants are those of every rollout of the same model.
 
+Tested with Triton 3.6 and 3.9. A Triton without the hook or the compile API that a launch's
+compile is rebuilt with is passed over before any step (its kernels compile at their first launch);
+a variant whose hook data cannot be rebuilt stops the dry step at that kernel, so a failed attempt
+costs one launch, not a step.
+
 `python -m physmorph.mpm.fused.warmup` is the worker: it reads a JSON list of variants (Triton's
-specialisation JSON) on stdin and compiles them in turn. Each worker takes about 1.5 s to import
-torch and Triton, so the variants are shared among at most one worker per core.
+specialisation JSON, with the target it compiles for and the kernel's hash) on stdin and compiles
+them in turn. Each worker takes about 1.5 s to import torch and Triton, so the variants are shared
+among at most one worker per core.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,7 +33,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -37,6 +44,17 @@ PROBE_PARTICLES = 4
 # A worker that takes longer than this is abandoned (its kernels then compile at their first launch);
 # one variant compiles in under 15 s on a 2-core CPU even fully unrolled.
 WORKER_TIMEOUT_SECONDS = 120.0
+# The key of the variant JSON's entry that holds the kernel's hash in the recording process (JITFunction.hash).
+KERNEL_HASH = "physmorph_kernel_hash"
+# What the recording and the rebuilt compiles use of Triton besides its JIT's compile hook, by module.
+TRITON_API = {
+    "triton._C.libtriton": ("get_cache_invalidating_env_vars",),
+    "triton.backends.compiler": ("GPUTarget",),
+    "triton.compiler": ("ASTSource",),
+    "triton.compiler.compiler": ("make_backend",),
+    "triton.runtime.cache": ("get_cache_key", "get_cache_manager"),
+    "triton.runtime.driver": ("driver",),
+}
 
 
 class WarmUpWarning(UserWarning):
@@ -78,9 +96,10 @@ def start_warm_up(model: Model, dtype: torch.dtype, device: torch.device, worker
 
     Only the model's settings count (grid, walls, material, plasticity), not its particle arrays.
     Returns None where the fused step would not run (no CUDA, no Triton, an unsupported model, the
-    Triton interpreter) or every variant is compiled already; then there is nothing to wait for.
+    Triton interpreter), where Triton lacks what the warm-up needs (supports_warm_up), or where every
+    variant is compiled already; then there is nothing to wait for.
     """
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not supports_warm_up():
         return None
     from physmorph.mpm.fused import supports_fused
 
@@ -90,7 +109,7 @@ def start_warm_up(model: Model, dtype: torch.dtype, device: torch.device, worker
     try:
         recorded = pending_variants(state, probe)
         variants = {variant: size for variant, size in recorded.items() if not is_cached(variant)}
-    except Exception as error:  # a Triton whose hook or cache differs: the kernels compile when launched
+    except Exception as error:  # a hook or cache that differs from 3.6-3.9's: the kernels compile when launched
         warnings.warn(f"no ahead-of-time compile of the fused kernels ({error!r})", WarmUpWarning, stacklevel=2)
         return None
     if not variants:
@@ -109,11 +128,25 @@ def start_warm_up(model: Model, dtype: torch.dtype, device: torch.device, worker
     return WarmUp(names, futures, executor)
 
 
+def supports_warm_up() -> bool:
+    """Whether the installed Triton has what the warm-up relies on: the JIT's compile hook
+    (triton.knobs.runtime.jit_cache_hook) and TRITON_API. Imports only; no kernel is specialised."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        modules = {name: importlib.import_module(name) for name in TRITON_API}
+        runtime = importlib.import_module("triton.knobs").runtime
+    except (ImportError, AttributeError):
+        return False
+    names = [(modules[module], name) for module, names in TRITON_API.items() for name in names]
+    return hasattr(runtime, "jit_cache_hook") and all(hasattr(module, name) for module, name in names)
+
+
 def pending_variants(state: State, model: Model) -> dict[str, int]:
-    """Triton's specialisation JSON of every kernel variant that a step of `state` under `model`
-    (with and without ΔF control) and its backward would compile, with the length of the kernel's
-    source: a dry step that launches nothing uncompiled (kernels compiled already run, on the
-    probe's valid data)."""
+    """Triton's specialisation JSON (with target and kernel hash) of every kernel variant that a step of `state`
+    under `model` (with and without ΔF control) and its backward would compile, with the length of
+    the kernel's source: a dry step that launches nothing uncompiled (kernels compiled already run,
+    on the probe's valid data). Raises at the first variant that cannot be rebuilt from its JSON."""
     from physmorph.mpm.fused import fused_step
 
     with _recording() as variants, torch.enable_grad():
@@ -151,14 +184,24 @@ def _first(value: torch.Tensor | float, dtype: torch.dtype, device: torch.device
 
 @contextmanager
 def _recording() -> Iterator[dict[str, int]]:
-    """Within: a launch of an uncompiled kernel records its specialisation JSON (and the length of
-    its source, a proxy of its compile time) and returns without compiling."""
+    """Within: a launch of an uncompiled kernel records its specialisation JSON with the target and
+    the kernel's hash (KERNEL_HASH), and the length of its source (a proxy of its compile time), and
+    returns without compiling; one whose JSON cannot be rebuilt into its compile raises there,
+    before the rest of the step."""
     import triton
+    from triton.runtime.driver import driver
 
     variants: dict[str, int] = {}
 
     def record(*, fn: object, compile: dict, **_: object) -> bool:
-        variants[compile["specialization_data"]] = len(fn.jit_function.src)
+        data = json.loads(compile["specialization_data"])
+        # Triton 3.6 leaves the target out (later ones write it); its launch compiles for the
+        # current device's, which the JIT takes from the same call when it first sees the device
+        data.setdefault("target", asdict(driver.active.get_current_target()))
+        data[KERNEL_HASH] = fn.jit_function.cache_key
+        variant = json.dumps(data)
+        variant_source(variant)
+        variants[variant] = len(fn.jit_function.src)
         return True  # skip the compile, and with it the launch
 
     previous = triton.knobs.runtime.jit_cache_hook
@@ -189,7 +232,7 @@ def _compile_in_worker(variants: list[str]) -> tuple[str, list[tuple[str, float]
 
 
 def compile_variant(variant: str) -> None:
-    """Compile one variant (Triton's specialisation JSON, as its jit_cache_hook gets it) into the disk cache."""
+    """Compile one variant (specialisation JSON with target, as `pending_variants` records it) into the disk cache."""
     import triton
 
     source, target, options = variant_source(variant)
@@ -207,6 +250,10 @@ def variant_source(variant: str) -> tuple[object, object, dict]:
     data = json.loads(variant)
     module, name = data["name"].rsplit(".", 1)
     kernel = getattr(importlib.import_module(module), name)
+    # Triton 3.6 folds a helper's global constants into its caller's hash only if the helper was
+    # hashed first, so a kernel's hash, and with it the cache key, depends on what its process
+    # hashed before: take that of the process that launches it
+    kernel.hash = data[KERNEL_HASH]
 
     def constant(value: object) -> object:
         if isinstance(value, str) and tl.dtype.is_dtype(value):
