@@ -4,8 +4,8 @@ Runnable as `python benchmarks/fused_compile.py [--dtype float32] [--arch 90]` w
 installed (`pip install triton` on a CPU machine will do): Triton compiles ahead of time for the
 given architecture with its bundled LLVM and ptxas, and cuobjdump reads each kernel's registers,
 shared memory and local (spill) memory. Launch parameters are those of physmorph.mpm.fused.function.
-A GPU morph compiles each once, in worker processes before its first episode
-(physmorph.mpm.fused.warmup); Triton caches the result on disk.
+A GPU morph compiles each at its first launch, in the first episode; Triton caches the result on
+disk.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark: the reference config (isosphere → bunny, 11,166 particles, 10 steps) per optimiser.
 
     python benchmarks/morph_reference.py --meshes ../shared/meshes [--device cuda] [--episodes 2] [--refine K]
-    python benchmarks/morph_reference.py --meshes ../shared/meshes --device cuda --cold [--no-warm-up]
+    python benchmarks/morph_reference.py --meshes ../shared/meshes --device cuda --cold
 
 Prints, per optimiser and episode: wall time, mass loss and Chamfer before/after (grid units),
 the mean control rate (|ΔF| per 1/120 s, physmorph.optimize.units), and whether the episode was
@@ -11,9 +11,7 @@ the next starts from its first state with half the learning rate). Adam uses the
 always runs on the reference's own mass loss. `--refine K` runs the config at simulation.refine K
 (dx / K, dt / K, K times the steps: K = 2 gives 89,159 particles, K = 4 713,788).
 `--cold` times a first Adam episode on an empty Triton cache (a new temporary TRITON_CACHE_DIR,
-as on a new machine): the parallel warm-up of physmorph.mpm.fused.warmup with each kernel's compile
-seconds (`--no-warm-up`: the kernels compile at their first launch, inside the episode), then
-the episode, and stops.
+as on a new machine: the kernels compile at their first launch, inside the episode), and stops.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ import torch
 
 from physmorph.config import MorphConfig, UnusedKeysWarning, config_from_mapping, config_to_mapping, load_config
 from physmorph.losses import chamfer_distance
-from physmorph.mpm.fused.warmup import start_warm_up
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam, optimize_reference
 from physmorph.optimize.run import ends_no_farther
 from physmorph.optimize.setup import MorphSetup, build_setup
@@ -53,7 +50,6 @@ def main() -> None:
         "--scale", type=float, default=1.0, help="shrink the pair by S, box ±(16 S + 1): a cheap proxy (S = 0.5)"
     )
     parser.add_argument("--cold", action="store_true", help="first episode on an empty Triton cache, then stop")
-    parser.add_argument("--no-warm-up", action="store_true", help="with --cold: compile at first launch instead")
     arguments = parser.parse_args()
     if arguments.cold:
         # before anything compiles; Triton reads the variable when it opens its cache
@@ -89,7 +85,7 @@ def main() -> None:
         f"dx {config.simulation.grid_dx:g}, dt {config.simulation.dt:.4g} s, {config.optimization.num_timesteps} steps"
     )
     if arguments.cold:
-        cold_first_episode(setup, config, arguments.no_warm_up)
+        cold_first_episode(setup, config)
         return
     header = ("optimizer", "episode", "seconds", "mass loss before→after", "Chamfer before→after", "rate", "kept")
     print(" | ".join(f"{h:>{w}}" for h, w in zip(header, (10, 7, 8, 24, 21, 6, 4))))
@@ -132,18 +128,10 @@ def main() -> None:
                 settings = replace(settings, learning_rate=0.5 * settings.learning_rate)
 
 
-def cold_first_episode(setup: MorphSetup, config: MorphConfig, compile_at_launch: bool) -> None:
-    """Print the warm-up's per-kernel compile seconds and wall time, then the first Adam episode's."""
+def cold_first_episode(setup: MorphSetup, config: MorphConfig) -> None:
+    """Print the first Adam episode's seconds, Triton's compile of the fused kernels included."""
     device = setup.initial.positions.device
     print(f"TRITON_CACHE_DIR={os.environ['TRITON_CACHE_DIR']} (empty); {os.cpu_count()} CPU cores")
-    start = time.perf_counter()
-    warm_up = None if compile_at_launch else start_warm_up(setup.model, setup.initial.positions.dtype, device)
-    seconds = warm_up.wait() if warm_up is not None else {}
-    warm_up_seconds = time.perf_counter() - start
-    for name, compile_seconds in sorted(seconds.items(), key=lambda item: -item[1]):
-        print(f"{name.rsplit('.', 1)[1]:>24} {compile_seconds:6.1f} s compile")
-    workers = len(warm_up.batches) if warm_up is not None else 0
-    print(f"warm-up: {warm_up_seconds:.1f} s wall, {len(seconds)} variants in {workers} workers")
     problem = EpisodeProblem.of(setup, setup.initial, config.optimization)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -151,8 +139,7 @@ def cold_first_episode(setup: MorphSetup, config: MorphConfig, compile_at_launch
     optimize_adam(problem, config.optimization)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    episode_seconds = time.perf_counter() - start
-    print(f"first episode: {episode_seconds:.1f} s; warm-up + first episode: {warm_up_seconds + episode_seconds:.1f} s")
+    print(f"first episode: {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

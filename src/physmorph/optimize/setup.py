@@ -127,18 +127,12 @@ def build_body(shape: ShapeConfig, base_dir: Path, which: str) -> trimesh.Trimes
 
 def make_model(simulation: SimulationConfig, points: MaterialPoints, material: Material) -> Model:
     """The MPM model of `points`, with the grid-based rest-volume estimate of SPEC §2."""
-    volumes = grid_volume_estimate(points.positions, points.masses, make_grid(simulation), simulation.kernel)
-    return model_of(simulation, material, points.volumes, volumes)
-
-
-def model_of(
-    simulation: SimulationConfig, material: Material, lattice_volumes: torch.Tensor, volumes: torch.Tensor
-) -> Model:
-    """The MPM model of `simulation` for particles of these lattice and rest volumes [N]."""
+    grid = make_grid(simulation)
+    volumes = grid_volume_estimate(points.positions, points.masses, grid, simulation.kernel)
     return Model(
-        grid=make_grid(simulation),
+        grid=grid,
         material=material,
-        lattice_volumes=lattice_volumes,
+        lattice_volumes=points.volumes,
         volumes=volumes,
         dt=simulation.dt,
         drag=simulation.drag,
