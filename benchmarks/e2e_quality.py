@@ -69,7 +69,7 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
 def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Path) -> dict[str, dict]:
     """The runs compared, by name: physics only, the plain weighted sum of the config's terms,
     balanced gradients (one per --ratio; the first is the default's), balanced without the 2D
-    silhouette Chamfer term and with each --silhouette-chamfer weight, balanced with trained
+    silhouette Chamfer term and with each --silhouette-chamfer and --depth-weight weight, balanced with trained
     surfels, and image-only with and without the visual-hull term."""
     physics = base_mapping(args, target, dx)
     plain = copy.deepcopy(physics) | {"mode": "e2e"}
@@ -87,6 +87,10 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
         variant = copy.deepcopy(runs["e2e (balanced)"])
         variant["optimization"]["loss"]["w_silhouette_chamfer"] = weight
         runs["e2e (no 2D Chamfer)" if weight == 0 else f"e2e (2D Chamfer {weight:g})"] = variant
+    for weight in args.depth_weight:
+        variant = copy.deepcopy(runs["e2e (balanced)"])
+        variant["optimization"]["loss"]["w_depth"] = weight
+        runs[f"e2e (depth {weight:g})"] = variant
     surfels = copy.deepcopy(runs["e2e (balanced)"])
     surfels["e2e"]["surface_parameters"] = True
     runs["e2e (surfels)"] = surfels
@@ -126,6 +130,7 @@ def main() -> None:
         "--ratio", type=float, nargs="+", default=[0.5], help="balanced variants: |render step| / |physics step|"
     )
     parser.add_argument("--alpha-levels", type=int, default=4)
+    parser.add_argument("--depth-weight", type=float, nargs="*", default=[], help="extra balanced variants: w_depth")
     parser.add_argument(
         "--silhouette-chamfer", type=float, nargs="*", default=[], help="extra balanced variants: w_silhouette_chamfer"
     )
