@@ -69,8 +69,8 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
 def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Path) -> dict[str, dict]:
     """The runs compared, by name: physics only, the plain weighted sum of the config's terms,
     balanced gradients (one per --ratio; the first is the default's), balanced without the 2D
-    silhouette Chamfer term and with each --silhouette-chamfer and --depth-weight weight, balanced with trained
-    surfels, and image-only with and without the visual-hull term."""
+    silhouette Chamfer term, with each --silhouette-chamfer weight and with each --depth-weight,
+    balanced with trained surfels, and image-only with and without the visual-hull term."""
     physics = base_mapping(args, target, dx)
     plain = copy.deepcopy(physics) | {"mode": "e2e"}
     plain["optimization"].setdefault("loss", {})["render_gradient_ratio"] = None

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as nnf
 from scipy import ndimage
 
+from physmorph.losses.render_losses import COVERED
 from physmorph.render.cameras import Cameras
 from physmorph.surface.knn import nearest_neighbors
 
-COVERED = 0.5  # target alpha above which a pixel belongs to the silhouette
 MAX_TARGET_PIXELS = 8192  # covered pixels per view that look for their nearest centre
 # Centres they look among: a regular subsample keeps the search cheap at M = 10⁶; the surfels are
 # stored along a space-filling curve, so every s-th one still covers the whole surface.
@@ -61,11 +61,11 @@ def _outside_distance(field: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor
 
 
 def silhouette_chamfer_loss(means: torch.Tensor, cameras: Cameras, target: SilhouettePixels) -> torch.Tensor:
-    """Mean over cameras of ½ (mean over centres in front of the camera of their pixel distance
-    to the target silhouette + mean over covered target pixels of their pixel distance to the
-    nearest projected centre of a regular subsample of at most MAX_SEARCHED_CENTRES), in image
-    widths, over the centres that land on the image and lie in front of the camera (a mask says
-    nothing about what lies outside its frame).
+    """Mean over cameras of ½ (mean over centres of their pixel distance to the target
+    silhouette + mean over covered target pixels of their pixel distance to the nearest centre of
+    a regular subsample of at most MAX_SEARCHED_CENTRES), in image widths. Only centres that lie
+    in front of the camera and project onto the image count (a mask says nothing about what lies
+    outside its frame).
 
     means [M, 3] (differentiable); `target` from `silhouette_pixels` for the same cameras. Hidden
     centres count as much as seen ones, because the silhouette is the projection of the whole body.
