@@ -70,7 +70,8 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
     """The runs compared, by name: physics only, the plain weighted sum of the config's terms,
     balanced gradients (one per --ratio; the first is the default's), balanced without the 2D
     silhouette Chamfer term, with each --silhouette-chamfer weight and with each --depth-weight,
-    balanced with trained surfels, and image-only with and without the visual-hull term."""
+    balanced with trained surfels, and image-only with and without the visual-hull term and with
+    each --depth-weight."""
     physics = base_mapping(args, target, dx)
     plain = copy.deepcopy(physics) | {"mode": "e2e"}
     plain["optimization"].setdefault("loss", {})["render_gradient_ratio"] = None
@@ -99,7 +100,12 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
     image_only["e2e"]["target_images"] = str(image_folder)
     images_no_hull = copy.deepcopy(image_only)
     images_no_hull["optimization"]["loss"]["w_hull"] = 0.0
-    return runs | {"image only": image_only, "image, no hull": images_no_hull}
+    runs |= {"image only": image_only, "image, no hull": images_no_hull}
+    for weight in args.depth_weight:
+        variant = copy.deepcopy(image_only)
+        variant["optimization"]["loss"]["w_depth"] = weight
+        runs[f"image only (depth {weight:g})"] = variant
+    return runs
 
 
 def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tuple[float, float]:
@@ -130,7 +136,9 @@ def main() -> None:
         "--ratio", type=float, nargs="+", default=[0.5], help="balanced variants: |render step| / |physics step|"
     )
     parser.add_argument("--alpha-levels", type=int, default=4)
-    parser.add_argument("--depth-weight", type=float, nargs="*", default=[], help="extra balanced variants: w_depth")
+    parser.add_argument(
+        "--depth-weight", type=float, nargs="*", default=[], help="extra balanced and image-only variants: w_depth"
+    )
     parser.add_argument(
         "--silhouette-chamfer", type=float, nargs="*", default=[], help="extra balanced variants: w_silhouette_chamfer"
     )
