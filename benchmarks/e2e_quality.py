@@ -88,10 +88,6 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
         variant = copy.deepcopy(runs["e2e (balanced)"])
         variant["optimization"]["loss"]["w_silhouette_chamfer"] = weight
         runs["e2e (no 2D Chamfer)" if weight == 0 else f"e2e (2D Chamfer {weight:g})"] = variant
-    for weight in args.depth_weight:
-        variant = copy.deepcopy(runs["e2e (balanced)"])
-        variant["optimization"]["loss"]["w_depth"] = weight
-        runs[f"e2e (depth {weight:g})"] = variant
     surfels = copy.deepcopy(runs["e2e (balanced)"])
     surfels["e2e"]["surface_parameters"] = True
     runs["e2e (surfels)"] = surfels
@@ -102,9 +98,10 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
     images_no_hull["optimization"]["loss"]["w_hull"] = 0.0
     runs |= {"image only": image_only, "image, no hull": images_no_hull}
     for weight in args.depth_weight:
-        variant = copy.deepcopy(image_only)
-        variant["optimization"]["loss"]["w_depth"] = weight
-        runs[f"image only (depth {weight:g})"] = variant
+        for name in ("e2e (balanced)", "image only"):
+            variant = copy.deepcopy(runs[name])
+            variant["optimization"]["loss"]["w_depth"] = weight
+            runs[f"{name.removesuffix(' (balanced)')} (depth {weight:g})"] = variant
     return runs
 
 
