@@ -10,7 +10,7 @@ import torch
 from physmorph.errors import InputError
 from physmorph.render.cameras import Cameras, intrinsics, orbit_cameras
 from physmorph.render.config import LightingConfig
-from physmorph.render.rasterize import MIN_ALPHA
+from physmorph.render.rasterize import MIN_ALPHA, _lowest_exponent
 from physmorph.render.renderer import gsplat_available, render
 from physmorph.surface.gaussians import Gaussians
 
@@ -81,6 +81,51 @@ def test_gradcheck_tiny_image(tile_size):
         return sum((o * w).sum() for o, w in zip(outputs, weights))
 
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_gradcheck_through_pixels_that_stop_at_the_transmittance_floor():
+    """Six nearly opaque Gaussians stacked along the view ray take transmittance past 1e-4
+    inside a block and across blocks: the stopped Gaussians and everything behind them must
+    get no gradient, the ones in front the exact one."""
+    depths = torch.linspace(3.0, 5.5, 6, dtype=F64)
+    offsets = torch.tensor([[0.1, 0.0], [-0.1, 0.1], [0.0, -0.1], [0.1, 0.1], [-0.1, -0.1], [0.0, 0.05]], dtype=F64)
+    means = torch.cat([offsets * depths[:, None] / 8.0, depths[:, None]], -1)
+    covariances = torch.eye(3, dtype=F64).expand(6, 3, 3) * 0.6**2
+    colors = torch.rand(6, 3, dtype=F64, generator=torch.Generator().manual_seed(5))
+    opacities = torch.tensor([0.97, 0.96, 0.98, 0.95, 0.97, 0.9], dtype=F64)
+    inputs = [t.clone().requires_grad_(True) for t in (means, covariances, colors, opacities)]
+    cameras = _front_camera(8, 8, 8.0)
+    weights = torch.randn(8, 8, 3, dtype=F64, generator=torch.Generator().manual_seed(6))
+
+    def loss(means, covariances, colors, opacities):
+        images = render(Gaussians(means, covariances, None, colors, opacities), cameras, tile_size=4, chunk_elements=48)
+        return (images.rgb[0] * weights).sum() + images.alpha[0].sum()
+
+    all_six = render(Gaussians(means, covariances, None, colors, opacities), cameras).rgb[0, 4, 4]
+    front_five = render(Gaussians(means[:5], covariances[:5], None, colors[:5], opacities[:5]), cameras).rgb[0, 4, 4]
+    assert torch.equal(all_six, front_five)  # the floor is reached in front of the last one
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_lowest_exponent_over_a_tile_matches_a_dense_search():
+    torch.manual_seed(8)
+    count = 200
+    axes = torch.rand(count, 2) * 3 + 0.2
+    angle = torch.rand(count) * math.pi
+    rotation = torch.stack([torch.cos(angle), -torch.sin(angle), torch.sin(angle), torch.cos(angle)], -1).view(-1, 2, 2)
+    inverse = rotation @ torch.diag_embed(axes.pow(-2)) @ rotation.transpose(1, 2)
+    conics = torch.stack([inverse[:, 0, 0], inverse[:, 0, 1], inverse[:, 1, 1]], -1).double()
+    lower = (torch.rand(count, 2) * 16 - 8).double()
+    upper = lower + torch.rand(count, 2).double() * 6
+    s = torch.linspace(0, 1, 201, dtype=F64)
+    grid_x = lower[:, 0, None] + s * (upper - lower)[:, 0, None]
+    grid_y = lower[:, 1, None] + s * (upper - lower)[:, 1, None]
+    x, y = grid_x[:, :, None], grid_y[:, None, :]
+    a, b, c = (v[:, None, None] for v in conics.unbind(-1))
+    dense = (0.5 * (a * x * x + 2 * b * x * y + c * y * y)).flatten(1).min(-1).values
+    exact = _lowest_exponent(conics, lower, upper)
+    assert torch.all(exact <= dense + 1e-9)  # never above the true minimum: nothing visible is culled
+    assert torch.allclose(exact, dense, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("near_first", [True, False])

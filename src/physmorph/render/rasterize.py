@@ -13,7 +13,6 @@ MAX_ALPHA = 0.99  # per-Gaussian alpha clamp (3DGS)
 MIN_ALPHA = 1.0 / 255.0  # alphas below this are skipped (3DGS)
 MIN_TRANSMITTANCE = 1e-4  # a pixel stops at the Gaussian that would take T to or below this
 MAX_EXTENT = 3.33  # bounding box half-width in standard deviations (gsplat)
-_LOG_MIN_TRANSMITTANCE = math.log(MIN_TRANSMITTANCE)
 
 
 @dataclass
@@ -120,9 +119,27 @@ class _TilePlan:
     intersections: int
 
 
+def _lowest_exponent(conics: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Smallest σ = ½ dᵀ Q d [I] over the boxes lower <= d <= upper [I, 2] (offsets from each
+    Gaussian's centre; Q = [[a, b], [b, c]] from conics [I, 3]): 0 if the box holds the centre,
+    else the least of the four edges' minima (a convex quadratic peaks nowhere inside)."""
+    a, b, c = conics.unbind(-1)
+    inside = (lower <= 0).all(-1) & (upper >= 0).all(-1)
+    best = torch.full_like(a, math.inf)
+    for x in lower[:, 0], upper[:, 0]:
+        y = torch.minimum(torch.maximum(-b * x / c, lower[:, 1]), upper[:, 1])
+        best = torch.minimum(best, 0.5 * (a * x * x + 2 * b * x * y + c * y * y))
+    for y in lower[:, 1], upper[:, 1]:
+        x = torch.minimum(torch.maximum(-b * y / a, lower[:, 0]), upper[:, 0])
+        best = torch.minimum(best, 0.5 * (a * x * x + 2 * b * x * y + c * y * y))
+    return torch.where(inside, 0.0, best)
+
+
 def _plan_tiles(
     means2d: torch.Tensor,
     radii: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
     depths: torch.Tensor,
     width: int,
     height: int,
@@ -130,7 +147,11 @@ def _plan_tiles(
     chunk_elements: int,
 ) -> tuple[_TilePlan, torch.Tensor, torch.Tensor]:
     """Tile/Gaussian intersections sorted by tile then depth; returns the plan and, per
-    intersection, the Gaussian index [I] and the tile index [I]."""
+    intersection, the Gaussian index [I] and the tile index [I].
+
+    A tile inside a Gaussian's bounding box is dropped when the ellipse's alpha stays below
+    1/255 at every pixel centre of the tile: about a quarter of the boxes' tiles for the thin,
+    tilted surfels of a surface, and no pixel changes."""
     device = means2d.device
     tiles_x = -(-width // tile_size)
     tiles_y = -(-height // tile_size)
@@ -144,7 +165,13 @@ def _plan_tiles(
     gaussian = torch.repeat_interleave(torch.arange(count, device=device), per_gaussian)
     first = torch.cumsum(per_gaussian, 0) - per_gaussian
     local = torch.arange(gaussian.shape[0], device=device) - first[gaussian]
-    tile = (y0[gaussian] + local // span_x[gaussian]) * tiles_x + x0[gaussian] + local % span_x[gaussian]
+    tile_x = x0[gaussian] + local % span_x[gaussian]
+    tile_y = y0[gaussian] + local // span_x[gaussian]
+    corner = torch.stack([tile_x, tile_y], -1).to(means2d.dtype) * tile_size - means2d[gaussian]
+    lowest = _lowest_exponent(conics[gaussian], corner + 0.5, corner + (tile_size - 0.5))
+    reached = torch.nonzero(lowest <= torch.log(opacities[gaussian] / MIN_ALPHA)).squeeze(1)
+    gaussian = gaussian[reached]
+    tile = tile_y[reached] * tiles_x + tile_x[reached]
     depth_rank = torch.empty(count, dtype=torch.long, device=device)
     depth_rank[torch.argsort(depths)] = torch.arange(count, device=device)
     order = torch.argsort(tile * count + depth_rank[gaussian])
@@ -182,9 +209,9 @@ def _block_indices(plan: _TilePlan, tiles: torch.Tensor, start: int, length: int
     return torch.where(slot < plan.counts[tiles][:, None], index, plan.intersections)
 
 
-def _falloff(basis: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """exp(−σ) [tc, P, kb] of each block Gaussian at each tile pixel (σ = basis · coefficients)."""
-    return torch.matmul(basis, coefficients.transpose(1, 2)).neg_().exp_()
+def _raw_alpha(basis: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """o·exp(−σ) [tc, P, kb] of each block Gaussian at each tile pixel (its log is basis · coefficients)."""
+    return torch.matmul(basis, coefficients.transpose(1, 2)).exp_()
 
 
 def _clamped(raw: torch.Tensor) -> torch.Tensor:
@@ -198,58 +225,62 @@ def _clamped_(raw: torch.Tensor) -> torch.Tensor:
     return nnf.threshold_(raw, MIN_ALPHA, 0.0).clamp_(max=MAX_ALPHA)
 
 
-def _stopped(inclusive: torch.Tensor) -> torch.Tensor | None:
-    """Mask of Gaussians at or past the one that takes transmittance to 1e-4, or None if none."""
-    if bool(torch.all(inclusive[..., -1] > _LOG_MIN_TRANSMITTANCE)):
-        return None
-    return inclusive <= _LOG_MIN_TRANSMITTANCE
+def _transmittance_after(opaqueness: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+    """Transmittance just behind each block Gaussian [tc, P, kb], carried [tc, P, 1] times
+    Π_{j<=k} (1 − α_j) from opaqueness = 1 − α, and 0 from the Gaussian that takes it to 1e-4 on
+    (that one and those behind it are not composited)."""
+    inclusive = torch.cumprod(opaqueness, -1).mul_(carried)
+    return nnf.threshold_(inclusive, MIN_TRANSMITTANCE, 0.0)
+
+
+def _pad(values: torch.Tensor, first: float = 0.0) -> torch.Tensor:
+    """values [K, D] with the row (first, 0, ..., 0) appended: the row empty block slots read."""
+    row = values.new_zeros(1, values.shape[1])
+    row[0, 0] = first
+    return torch.cat([values, row])
 
 
 class _Composite(torch.autograd.Function):
     """Front-to-back compositing of sorted intersections per tile, with a hand-written backward
     that recomputes alphas block by block so memory stays bounded by the chunk size.
 
-    Per pixel and block: α_k from the falloff, log T_k⁺ = Σ_{j<=k} log(1−α_j) (inclusive),
-    T_k = exp(log T_k⁺)/(1−α_k), w_k = α_k T_k; the feature channels carry an extra column of
-    ones so the same matrix product gives alpha = Σ w_k.
+    Per pixel and block: α_k from log(o_k) − σ_k = basis · coefficients_k, transmittance behind
+    each Gaussian T_k⁺ = Π_{j<=k} (1 − α_j) (a cumulative product: one pass, and no log or exp),
+    weight w_k = α_k T_k with T_k = T_k⁺ / (1 − α_k); the feature channels carry an extra column
+    of ones so the same matrix product gives alpha = Σ w_k.
     """
 
     @staticmethod
-    def forward(ctx, coefficients, opacities, features, plan):  # type: ignore[override]
-        pad = lambda t: torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # noqa: E731
-        coefficients, opacities = pad(coefficients), pad(opacities)
-        features = pad(torch.cat([features, features.new_ones(features.shape[0], 1)], -1))
+    def forward(ctx, coefficients, features, plan):  # type: ignore[override]
+        # The padding row's log-alpha is −∞: empty slots composite nothing.
+        coefficients = _pad(coefficients, -math.inf)
+        features = _pad(torch.cat([features, features.new_ones(features.shape[0], 1)], -1))
         pixels = plan.pixel_basis.shape[0]
         image = features.new_zeros(plan.tile_count, pixels, features.shape[1])
         for tiles, longest, block in plan.chunks:
-            log_all = features.new_zeros(tiles.shape[0], pixels, 1)
+            carried = features.new_ones(tiles.shape[0], pixels, 1)
             accumulated = features.new_zeros(tiles.shape[0], pixels, features.shape[1])
             for start in range(0, longest, block):
                 index = _block_indices(plan, tiles, start, block)
-                raw = _falloff(plan.pixel_basis, coefficients[index]).mul_(opacities[index][:, None])
-                alpha = _clamped_(raw)
-                log_step = torch.log1p(-alpha)
-                inclusive = torch.cumsum(log_step, -1).add_(log_all)
-                weight = torch.sub(inclusive, log_step).exp_().mul_(alpha)
-                stopped = _stopped(inclusive)
-                if stopped is not None:
-                    weight.masked_fill_(stopped, 0.0)
+                alpha = _clamped_(_raw_alpha(plan.pixel_basis, coefficients[index]))
+                opaqueness = torch.rsub(alpha, 1.0)
+                after = _transmittance_after(opaqueness, carried)
+                weight = alpha.div_(opaqueness).mul_(after)
                 accumulated.baddbmm_(weight, features[index])
-                log_all = inclusive[:, :, -1:].clone()
-                if stopped is not None and bool(stopped[:, :, -1].all()):
+                carried = after[:, :, -1:].clone()
+                if not bool(carried.any()):
                     break
             image[tiles] = accumulated
         ctx.plan = plan
-        ctx.save_for_backward(coefficients, opacities, features, image)
+        ctx.save_for_backward(coefficients, features, image)
         return image[..., :-1], image[..., -1]
 
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):  # type: ignore[override]
         plan = ctx.plan
-        coefficients, opacities, features, image = ctx.saved_tensors
+        coefficients, features, image = ctx.saved_tensors
         grad_outputs = torch.cat([grad_image, grad_alpha[..., None]], -1)
         grad_coefficients = torch.zeros_like(coefficients)
-        grad_opacities = torch.zeros_like(opacities)
         grad_features = torch.zeros_like(features)
         basis = plan.pixel_basis
         pixels = basis.shape[0]
@@ -257,42 +288,35 @@ class _Composite(torch.autograd.Function):
             grad_tile = grad_outputs[tiles]
             # Σ_j w_j q_j over all of a pixel's Gaussians, from the forward outputs.
             total = (image[tiles] * grad_tile).sum(-1, keepdim=True)
-            log_all = features.new_zeros(tiles.shape[0], pixels, 1)
-            running = torch.zeros_like(log_all)
+            carried = features.new_ones(tiles.shape[0], pixels, 1)
+            running = torch.zeros_like(carried)
             for start in range(0, longest, block):
                 index = _block_indices(plan, tiles, start, block)
-                block_opacities = opacities[index][:, None]
-                falloff = _falloff(basis, coefficients[index])
-                raw = falloff * block_opacities
+                raw = _raw_alpha(basis, coefficients[index])
                 alpha = _clamped(raw)
-                log_step = torch.log1p(-alpha)
-                inclusive = torch.cumsum(log_step, -1).add_(log_all)
-                inverse = torch.rsub(alpha, 1.0).reciprocal_()
-                transmittance = torch.exp(inclusive).mul_(inverse)
+                opaqueness = torch.rsub(alpha, 1.0)
+                after = _transmittance_after(opaqueness, carried)
+                transmittance = after / opaqueness
                 weight = alpha * transmittance
-                stopped = _stopped(inclusive)
-                if stopped is not None:
-                    weight.masked_fill_(stopped, 0.0)
                 # q_k = ∂L/∂w_k = (colour gradient)·c_k + alpha gradient (the ones column).
                 q = torch.bmm(grad_tile, features[index].transpose(1, 2))
                 prefix = torch.cumsum(weight * q, -1).add_(running)
                 # ∂L/∂α_k = T_k q_k − (Σ_{j>k} w_j q_j) / (1 − α_k)
-                grad_step = transmittance.mul_(q).sub_(prefix.neg().add_(total).mul_(inverse))
+                grad_step = transmittance.mul_(q).sub_(prefix.neg().add_(total).div_(opaqueness))
                 dead = alpha != raw  # clamped or skipped: no gradient to o or σ
-                if stopped is not None:
-                    dead |= stopped
-                grad_falloff = grad_step.masked_fill_(dead, 0.0).mul_(falloff)
-                # Column 0 of the basis is 1, so column 0 of the moments is ∂L/∂o.
-                moments = torch.bmm(grad_falloff.transpose(1, 2), basis.expand(len(tiles), -1, -1))
+                if not bool(after[:, :, -1].all()):
+                    dead |= after == 0  # at or behind the Gaussian that stopped the pixel
+                # ∂α/∂(log α) = α: the moments against the basis are ∂L/∂coefficients.
+                grad_log_alpha = grad_step.masked_fill_(dead, 0.0).mul_(raw)
+                moments = torch.bmm(grad_log_alpha.transpose(1, 2), basis.expand(len(tiles), -1, -1))
                 flat = index.reshape(-1)
-                grad_opacities[flat] = moments[..., 0].reshape(-1)
-                grad_coefficients[flat] = (-moments * block_opacities.transpose(1, 2)).reshape(-1, 6)
+                grad_coefficients[flat] = moments.reshape(-1, 6)
                 grad_features[flat] = torch.bmm(weight.transpose(1, 2), grad_tile).reshape(-1, features.shape[1])
                 running = prefix[:, :, -1:].clone()
-                log_all = inclusive[:, :, -1:].clone()
-                if stopped is not None and bool(stopped[:, :, -1].all()):
+                carried = after[:, :, -1:].clone()
+                if not bool(carried.any()):
                     break
-        return grad_coefficients[:-1], grad_opacities[:-1], grad_features[:-1, :-1], None
+        return grad_coefficients[:-1], grad_features[:-1, :-1], None
 
 
 def choose_tile_size(radii: torch.Tensor) -> int:
@@ -327,6 +351,8 @@ def rasterize(
     plan, gaussian, tile = _plan_tiles(
         projection.means2d.detach(),
         projection.radii,
+        projection.conics.detach(),
+        opacities.detach(),
         projection.depths.detach(),
         width,
         height,
@@ -341,10 +367,13 @@ def rasterize(
     mx, my = (projection.means2d[gaussian] - tile_centres[tile]).unbind(-1)
     a, b, c = projection.conics[gaussian].unbind(-1)
     ax, bx, by, cy = a * mx, b * mx, b * my, c * my
+    # Below 1/255 an opacity composites nothing either way; the floor keeps its log finite.
+    log_opacity = torch.log(opacities[gaussian].clamp_min(0.5 * MIN_ALPHA))
+    # log α before the clamps, log(o) − σ, as a polynomial in the tile-local pixel (1, x, y, x², xy, y²)
     coefficients = torch.stack(
-        [0.5 * ax * mx + bx * my + 0.5 * cy * my, -(ax + by), -(bx + cy), 0.5 * a, b, 0.5 * c], -1
+        [log_opacity - (0.5 * ax * mx + bx * my + 0.5 * cy * my), ax + by, bx + cy, -0.5 * a, -b, -0.5 * c], -1
     )
-    tile_image, tile_alpha = _Composite.apply(coefficients, opacities[gaussian], features[gaussian], plan)
+    tile_image, tile_alpha = _Composite.apply(coefficients, features[gaussian], plan)
     tiles_y = plan.tile_count // tiles_x
     depth = features.shape[1]
     image = (
