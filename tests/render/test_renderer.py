@@ -32,13 +32,17 @@ def _gaussian(mean, sigma, color=(1.0, 1.0, 1.0), opacity=0.5, dtype=F64):
     )
 
 
-def test_single_gaussian_matches_the_analytic_footprint():
+@pytest.mark.parametrize("antialias", [False, True])
+def test_single_gaussian_matches_the_analytic_footprint(antialias):
     # At the optical axis the projected covariance is (f σ / z)² I + 0.3 I, in pixels².
-    focal, z, sigma, opacity = 40.0, 4.0, 0.5, 0.5
+    focal, z, sigma, raw_opacity = 40.0, 4.0, 0.5, 0.5
     cameras = _front_camera(64, 64, focal)
-    images = render(_gaussian([0.0, 0.0, z], sigma, opacity=opacity), cameras, background=(0, 0, 0))
+    gaussian = _gaussian([0.0, 0.0, z], sigma, opacity=raw_opacity)
+    images = render(gaussian, cameras, background=(0, 0, 0), antialias=antialias)
     alpha = images.alpha[0]
     variance = (focal * sigma / z) ** 2 + 0.3
+    # Antialiased, the opacity is scaled by √(det Σ₂ / det(Σ₂ + 0.3 I)) = (f σ / z)² / variance.
+    opacity = raw_opacity * ((focal * sigma / z) ** 2 / variance if antialias else 1.0)
     # The centre sits on the corner of four pixels, each half a pixel away in x and y.
     centre = opacity * math.exp(-0.5 * 0.5 / variance)
     assert alpha[31, 31].item() == pytest.approx(centre, rel=1e-3)
@@ -98,11 +102,13 @@ def test_gradcheck_through_pixels_that_stop_at_the_transmittance_floor():
     weights = torch.randn(8, 8, 3, dtype=F64, generator=torch.Generator().manual_seed(6))
 
     def loss(means, covariances, colors, opacities):
-        images = render(Gaussians(means, covariances, None, colors, opacities), cameras, tile_size=4, chunk_elements=48)
+        gaussians = Gaussians(means, covariances, None, colors, opacities)
+        images = render(gaussians, cameras, tile_size=4, chunk_elements=48, antialias=False)
         return (images.rgb[0] * weights).sum() + images.alpha[0].sum()
 
-    all_six = render(Gaussians(means, covariances, None, colors, opacities), cameras).rgb[0, 4, 4]
-    front_five = render(Gaussians(means[:5], covariances[:5], None, colors[:5], opacities[:5]), cameras).rgb[0, 4, 4]
+    all_six = render(Gaussians(means, covariances, None, colors, opacities), cameras, antialias=False).rgb[0, 4, 4]
+    five = Gaussians(means[:5], covariances[:5], None, colors[:5], opacities[:5])
+    front_five = render(five, cameras, antialias=False).rgb[0, 4, 4]
     assert torch.equal(all_six, front_five)  # the floor is reached in front of the last one
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
@@ -216,7 +222,8 @@ def test_bad_inputs_raise_input_errors():
 
 
 @pytest.mark.gpu
-def test_torch_and_gsplat_agree_on_cuda():
+@pytest.mark.parametrize("antialias", [True, False])
+def test_torch_and_gsplat_agree_on_cuda(antialias):
     pytest.importorskip("gsplat")
     torch.manual_seed(0)
     count = 10_000
@@ -240,6 +247,7 @@ def test_torch_and_gsplat_agree_on_cuda():
             cameras,
             backend=backend,
             background=(0.0, 0.0, 0.0),
+            antialias=antialias,
         )
         # Depth and normals weighted by alpha: smooth where alpha is small.
         outputs = [

@@ -24,6 +24,7 @@ class Projection:
     conics:    [V, 3] (a, b, c) of the inverse 2D covariance [[a, b], [b, c]], 1/px²
     depths:    [V] camera z of the centres, world units
     radii:     [V, 2] bounding-box half-sizes in pixels (not differentiable)
+    opacities: [V] opacities to composite with (scaled when antialiased)
     """
 
     ids: torch.Tensor
@@ -31,6 +32,7 @@ class Projection:
     conics: torch.Tensor
     depths: torch.Tensor
     radii: torch.Tensor
+    opacities: torch.Tensor
 
 
 def perspective_covariances(
@@ -68,13 +70,18 @@ def project_gaussians(
     height: int,
     znear: float,
     zfar: float,
+    antialias: bool = True,
 ) -> Projection:
     """EWA-project Gaussians (means [M, 3], covariances [M, 3, 3], opacities [M]) into one
     camera (viewmat [4, 4] world-to-camera, K [3, 3]).
 
-    The 2D covariance is J W Σ Wᵀ Jᵀ + 0.3·I with J the Jacobian of the perspective projection
-    at the centre (its x/z, y/z clamped to 1.3× the field of view, as gsplat does). Culled:
-    centres outside [znear, zfar] in camera z, opacity below 1/255, footprints off the image.
+    The 2D covariance is Σ₂ + 0.3·I with Σ₂ = J W Σ Wᵀ Jᵀ and J the Jacobian of the perspective
+    projection at the centre (its x/z, y/z clamped to 1.3× the field of view, as gsplat does).
+    antialias: scale each opacity by √(det Σ₂ / det(Σ₂ + 0.3·I)) (gsplat's "antialiased" mode),
+    so the low-pass filter spreads a sub-pixel Gaussian's opacity instead of adding to it: an
+    edge-on surfel at the silhouette stays as opaque as the pixels it covers, and the outline
+    does not grow with the Gaussian count. Culled: centres outside [znear, zfar] in camera z,
+    opacity (after the scaling) below 1/255, footprints off the image.
     """
     rotation = viewmat[:3, :3]
     camera_means = means @ rotation.T + viewmat[:3, 3]
@@ -85,16 +92,24 @@ def project_gaussians(
     x, y, z = camera_means.unbind(-1)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     cov2d = perspective_covariances(camera_means, rotation @ covariances[ids] @ rotation.T, K, width, height)
-    a = cov2d[:, 0, 0] + LOW_PASS
     b = 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0])
+    a = cov2d[:, 0, 0] + LOW_PASS
     c = cov2d[:, 1, 1] + LOW_PASS
-    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
     determinant = a * c - b * b
-    extent = torch.sqrt(2.0 * torch.log(opacities[ids].detach() / MIN_ALPHA)).clamp(max=MAX_EXTENT)
+    projected_opacities = opacities[ids]
+    if antialias:
+        unfiltered = cov2d[:, 0, 0] * cov2d[:, 1, 1] - b * b
+        # The floor keeps the square root's gradient finite; below it the Gaussian is culled anyway.
+        ratio = (unfiltered / torch.where(determinant > 0, determinant, 1.0)).clamp(min=0.25 * MIN_ALPHA**2, max=1.0)
+        projected_opacities = projected_opacities * torch.sqrt(ratio)
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
+    kept_opacity = projected_opacities.detach()
+    extent = torch.sqrt(2.0 * torch.log(kept_opacity.clamp_min(MIN_ALPHA) / MIN_ALPHA)).clamp(max=MAX_EXTENT)
     radii = torch.ceil(extent[:, None] * torch.sqrt(torch.stack([a, c], -1).detach().clamp_min(0)))
     centre = means2d.detach()
     visible = (
         (determinant.detach() > 0)
+        & (kept_opacity >= MIN_ALPHA)
         & (centre[:, 0] + radii[:, 0] > 0)
         & (centre[:, 0] - radii[:, 0] < width)
         & (centre[:, 1] + radii[:, 1] > 0)
@@ -103,7 +118,7 @@ def project_gaussians(
     keep = torch.nonzero(visible).squeeze(1)
     a, b, c, determinant = a[keep], b[keep], c[keep], determinant[keep]
     conics = torch.stack([c / determinant, -b / determinant, a / determinant], -1)
-    return Projection(ids[keep], means2d[keep], conics, z[keep], radii[keep])
+    return Projection(ids[keep], means2d[keep], conics, z[keep], radii[keep], projected_opacities[keep])
 
 
 @dataclass

@@ -90,6 +90,7 @@ def _render_torch(
     height: int,
     tile_size: int | None,
     chunk_elements: int,
+    antialias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Premultiplied features [C, H, W, D] (rgb, depth, normals) and alpha [C, H, W]."""
     images, alphas = [], []
@@ -104,6 +105,7 @@ def _render_torch(
             height,
             cameras.znear,
             cameras.zfar,
+            antialias,
         )
         ids = projection.ids
         channels = [colors[index, ids], projection.depths[:, None]]
@@ -111,7 +113,7 @@ def _render_torch(
             channels.append(normals[ids])
         image, alpha = rasterize(
             projection,
-            opacities[ids],
+            projection.opacities,
             torch.cat(channels, -1),
             width,
             height,
@@ -133,6 +135,7 @@ def _render_gsplat(
     width: int,
     height: int,
     tile_size: int | None,
+    antialias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as _render_torch through gsplat's CUDA rasteriser."""
     import gsplat
@@ -157,6 +160,7 @@ def _render_gsplat(
         packed=False,
         tile_size=16 if tile_size is None else tile_size,
         render_mode="RGB+D",
+        rasterize_mode="antialiased" if antialias else "classic",
         covars=covariances,
     )
     image = torch.cat([rendered[..., :3], rendered[..., -1:], rendered[..., 3:-1]], -1)
@@ -176,6 +180,7 @@ def render(
     backend: Backend = "auto",
     tile_size: int | None = None,
     chunk_elements: int = 1 << 20,
+    antialias: bool = True,
 ) -> Images:
     """Render M Gaussians into C cameras; differentiable w.r.t. means, covariances, colours,
     opacities and normals.
@@ -190,6 +195,8 @@ def render(
       (gsplat when importable and the tensors are float32 on CUDA, else torch).
     tile_size: pixels per tile side (None: 16 for gsplat; for torch 4, 8 or 16 from the median
       footprint); chunk_elements: work-block size (tiles × pixels × Gaussians) of the torch backend.
+    antialias: scale opacities by √(det Σ₂ / det(Σ₂ + 0.3·I)) for the 0.3 px² low-pass filter
+      (gsplat's "antialiased" mode; `rasterize.project_gaussians`); False gives classic 3DGS.
     """
     count = _check(gaussians)
     means = gaussians.means
@@ -217,6 +224,7 @@ def render(
             width,
             height,
             tile_size,
+            antialias,
         )
     else:
         features, alpha = _render_torch(
@@ -230,6 +238,7 @@ def render(
             height,
             tile_size,
             chunk_elements,
+            antialias,
         )
     background = torch.as_tensor(background, dtype=dtype, device=device)
     rgb = composite_background(features[..., :3], alpha, background)
