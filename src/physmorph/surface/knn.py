@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,7 +229,8 @@ def _searched_radius(u: torch.Tensor, cell: torch.Tensor, radius: int, grid: _Gr
 def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """nearest_neighbors on a sorted uniform grid (any device; the GPU path).
 
-    Each query first searches the 27 cells around its own. One that this does not settle (its
+    Each query first searches the 27 cells around its own (for k = 1 on CUDA, one Triton
+    kernel: `knn_kernel`). One that this does not settle (its
     k-th distance may lie beyond them: a query in empty space) then, for k = 1, descends the
     octree of Morton blocks, keeping the blocks that may hold a point nearer than the nearest
     block representative seen; for k > 1 it searches one ring of cells further each pass,
@@ -247,13 +250,21 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
     active = torch.arange(n, device=queries.device)
     radius = 1
     while active.numel():
-        offsets = _shell(radius, queries.device)
-        offsets = offsets[(offsets.abs() < grid.shape_tensor).all(dim=1)]  # flat grids: only the cells they have
-        chunk = max(1, _PAIR_BUDGET // max(1, offsets.shape[0]))
-        for start in range(0, active.numel() if offsets.numel() else 0, chunk):
-            _search_cells(
-                grid, sorted_queries, u, cell, active[start : start + chunk], offsets, best_squared, best_index
+        if radius == 1 and k == 1 and _kernel_available(queries):
+            from physmorph.surface.knn_kernel import nearest_in_neighbouring_cells
+
+            squared, index = nearest_in_neighbouring_cells(
+                sorted_queries, cell, grid.points, grid.counts, grid.starts, grid.shape
             )
+            best_squared[:, 0], best_index[:, 0] = squared, index
+        else:
+            offsets = _shell(radius, queries.device)
+            offsets = offsets[(offsets.abs() < grid.shape_tensor).all(dim=1)]  # flat grids: only the cells they have
+            chunk = max(1, _PAIR_BUDGET // max(1, offsets.shape[0]))
+            for start in range(0, active.numel() if offsets.numel() else 0, chunk):
+                _search_cells(
+                    grid, sorted_queries, u, cell, active[start : start + chunk], offsets, best_squared, best_index
+                )
         reach = _searched_radius(u[active], cell[active], radius, grid) * grid.cell - grid.slack
         kth = best_squared[active, k - 1]
         done = kth <= reach.clamp_min(0) ** 2
@@ -271,6 +282,13 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
     indices[query_order] = grid.order[best_index]
     distances[query_order] = (points[indices[query_order]] - sorted_queries[:, None, :]).norm(dim=-1)
     return distances, indices
+
+
+def _kernel_available(queries: torch.Tensor) -> bool:
+    """Whether the first pass runs as one Triton kernel: CUDA tensors (or Triton's CPU
+    interpreter, for tests) and Triton installed."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return (queries.is_cuda or interpreted) and importlib.util.find_spec("triton") is not None
 
 
 def _descend(

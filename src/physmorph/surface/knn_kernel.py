@@ -1,0 +1,95 @@
+"""The grid search's first pass for k = 1 (the 27 cells around each query) as one Triton kernel.
+
+Imported only when a CUDA search runs (or under TRITON_INTERPRET=1 in tests): importing
+`physmorph.surface.knn` never needs Triton. The PyTorch pass it replaces launches about sixty
+kernels and syncs with the host for its ragged candidate lists; here each query keeps its best
+candidate in registers while it walks its cells' runs of sorted points.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK = 128  # queries per program
+
+
+@triton.jit
+def _nearest_in_neighbouring_cells(
+    queries,  # [Q, 3] positions, sorted by cell
+    query_cells,  # [Q, 3] int64 clamped cells of the queries
+    points,  # [P, 3] the grid's points, sorted by cell
+    counts,  # [C] points per cell
+    starts,  # [C] first sorted point of each cell
+    best_squared,  # [Q] out: squared distance of the nearest point (inf if none)
+    best_index,  # [Q] out: its sorted index (smallest among equal distances)
+    query_count,
+    shape_x,
+    shape_y,
+    shape_z,
+    BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = rows < query_count
+    qx = tl.load(queries + 3 * rows, mask=live, other=0.0)
+    qy = tl.load(queries + 3 * rows + 1, mask=live, other=0.0)
+    qz = tl.load(queries + 3 * rows + 2, mask=live, other=0.0)
+    cx = tl.load(query_cells + 3 * rows, mask=live, other=0)
+    cy = tl.load(query_cells + 3 * rows + 1, mask=live, other=0)
+    cz = tl.load(query_cells + 3 * rows + 2, mask=live, other=0)
+    best = tl.zeros([BLOCK], dtype=qx.dtype) + float("inf")
+    best_at = tl.zeros([BLOCK], dtype=tl.int64)
+    for offset in tl.static_range(27):
+        x = cx + (offset // 9 - 1)
+        y = cy + ((offset // 3) % 3 - 1)
+        z = cz + (offset % 3 - 1)
+        inside = live & (x >= 0) & (x < shape_x) & (y >= 0) & (y < shape_y) & (z >= 0) & (z < shape_z)
+        key = (x * shape_y + y) * shape_z + z
+        count = tl.load(counts + key, mask=inside, other=0)
+        start = tl.load(starts + key, mask=inside, other=0)
+        for j in range(0, tl.max(count, 0)):
+            valid = j < count
+            point = start + j
+            dx = tl.load(points + 3 * point, mask=valid, other=0.0) - qx
+            dy = tl.load(points + 3 * point + 1, mask=valid, other=0.0) - qy
+            dz = tl.load(points + 3 * point + 2, mask=valid, other=0.0) - qz
+            squared = dx * dx + dy * dy + dz * dz
+            better = valid & ((squared < best) | ((squared == best) & (point < best_at)))
+            best = tl.where(better, squared, best)
+            best_at = tl.where(better, point, best_at)
+    tl.store(best_squared + rows, best, mask=live)
+    tl.store(best_index + rows, best_at, mask=live)
+
+
+def nearest_in_neighbouring_cells(
+    queries: torch.Tensor,
+    query_cells: torch.Tensor,
+    points: torch.Tensor,
+    counts: torch.Tensor,
+    starts: torch.Tensor,
+    shape: tuple[int, int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest sorted point among the 27 cells around each query's cell.
+
+    queries [Q, 3] and points [P, 3] (one dtype), query_cells [Q, 3] (clamped to the grid),
+    counts and starts [C] of the dense cell table of `shape`. Returns squared distances [Q]
+    (inf where those cells are empty) and sorted point indices [Q] int64.
+    """
+    count = queries.shape[0]
+    best_squared = torch.empty(count, dtype=queries.dtype, device=queries.device)
+    best_index = torch.empty(count, dtype=torch.int64, device=queries.device)
+    if count:
+        _nearest_in_neighbouring_cells[(triton.cdiv(count, _BLOCK),)](
+            queries.contiguous(),
+            query_cells.to(torch.int64).contiguous(),
+            points.contiguous(),
+            counts.contiguous(),
+            starts.contiguous(),
+            best_squared,
+            best_index,
+            count,
+            *shape,
+            BLOCK=_BLOCK,
+        )
+    return best_squared, best_index
