@@ -87,7 +87,7 @@ def main() -> None:
     )
     header = (
         f"{'shape':>6} | {'state':>8} | {'M':>7} | {'IoU':>6} | {'holes':>6} | {'far':>6} | {'n mean':>6} | "
-        f"{'n p90':>6} | {'depth':>5} | {'speck':>5} | {'bind s':>6} | {'ms/view':>7}"
+        f"{'n p90':>6} | {'depth':>5} | {'speck':>5} | {'inner':>5} | {'bind s':>6} | {'ms/view':>7}"
     )
     print(header)
     for name, mesh in shapes(args.meshes).items():
@@ -119,7 +119,8 @@ def main() -> None:
                 print(
                     f"{name:>6} | {state:>8} | {count:>7} | {metrics.iou:>6.3f} | {metrics.holes:>6.3f} | "
                     f"{metrics.far_side:>6.3f} | {metrics.normal_mean_deg:>6.1f} | {metrics.normal_p90_deg:>6.1f} | "
-                    f"{metrics.depth_error:>5.2f} | {metrics.speckles_per_view:>5.1f} | {bind_seconds:>6.2f} | "
+                    f"{metrics.depth_error:>5.2f} | {metrics.speckles_per_view:>5.1f} | "
+                    f"{metrics.interior_speckles_per_view:>5.1f} | {bind_seconds:>6.2f} | "
                     f"{1e3 * seconds / len(cameras):>7.1f}",
                     flush=True,
                 )

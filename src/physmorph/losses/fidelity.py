@@ -16,6 +16,8 @@ from physmorph.render import Images
 FAR_SIDE_DEPTH = 1.5
 # A speckle is a connected patch of pixels whose normal is off by more than this angle.
 SPECKLE_DEGREES = 45.0
+# Neighbouring true depths further apart than this (world units) mark an occlusion edge.
+DEPTH_EDGE = 0.5
 
 
 @dataclass
@@ -29,6 +31,10 @@ class Fidelity:
     normal_p90_deg:    its 90th percentile
     depth_error:       mean |depth − true depth| over pixels covered by both, world units
     speckles_per_view: connected patches of normal error > SPECKLE_DEGREES, per view
+    interior_speckles_per_view: those of them not wholly inside the band along the true image's
+                       edges (silhouettes and occlusion edges, `true_edges`): flecks on a surface,
+                       as against edge pixels where the rendering blends the two sides and the
+                       one-ray-per-pixel truth takes one
     """
 
     iou: float
@@ -38,9 +44,32 @@ class Fidelity:
     normal_p90_deg: float
     depth_error: float
     speckles_per_view: float
+    interior_speckles_per_view: float
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def true_edges(alpha: torch.Tensor, depth: torch.Tensor) -> np.ndarray:
+    """Pixels [H, W] within one pixel (8-neighbourhood) of a silhouette of the mask alpha > COVERED
+    or of a depth jump > DEPTH_EDGE between 4-neighbours, from one view's alpha and depth [H, W]."""
+    covered = (alpha > COVERED).numpy()
+    depth = depth.numpy()
+    edge = np.zeros_like(covered)
+    for axis in (0, 1):
+        step = np.diff(covered, axis=axis) | (np.abs(np.diff(depth, axis=axis)) > DEPTH_EDGE)
+        lead = [slice(None), slice(None)]
+        lead[axis] = slice(0, -1)
+        edge[tuple(lead)] |= step
+        lead[axis] = slice(1, None)
+        edge[tuple(lead)] |= step
+    return ndimage.binary_dilation(edge, structure=np.ones((3, 3), bool))
+
+
+def _speckles(wrong: np.ndarray, edges: np.ndarray) -> tuple[int, int]:
+    """Connected patches of `wrong` [H, W], and how many of them reach a pixel off `edges`."""
+    labels, count = ndimage.label(wrong)
+    return count, len(np.unique(labels[wrong & ~edges]))
 
 
 @torch.no_grad()
@@ -59,7 +88,11 @@ def surface_fidelity(images: Images, truth: Images) -> Fidelity:
         cosine = (images.normal.detach().cpu().float() * truth.normal.detach().cpu().float()).sum(-1)
         angles = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
     both_count = max(int(both.sum()), 1)
-    speckles = [ndimage.label(((angles[c] > SPECKLE_DEGREES) & both[c]).numpy())[1] for c in range(len(alpha))]
+    true_depth = truth.depth.detach().cpu().float()
+    speckles = [
+        _speckles(((angles[c] > SPECKLE_DEGREES) & both[c]).numpy(), true_edges(true_alpha[c], true_depth[c]))
+        for c in range(len(alpha))
+    ]
     chosen = angles[both]
     return Fidelity(
         iou=float(silhouette_iou(alpha, true_alpha).mean()),
@@ -68,5 +101,6 @@ def surface_fidelity(images: Images, truth: Images) -> Fidelity:
         normal_mean_deg=float(chosen.mean()) if len(chosen) else float("nan"),
         normal_p90_deg=float(torch.quantile(chosen, 0.9)) if len(chosen) else float("nan"),
         depth_error=float(depth_gap[both].abs().mean()) if len(chosen) else float("nan"),
-        speckles_per_view=float(np.mean(speckles)),
+        speckles_per_view=float(np.mean([count for count, _ in speckles])),
+        interior_speckles_per_view=float(np.mean([interior for _, interior in speckles])),
     )
