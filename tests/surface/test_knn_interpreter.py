@@ -1,4 +1,5 @@
-"""The grid search's Triton first pass (k = 1) in Triton's CPU interpreter against the all-pairs search.
+"""The grid search's Triton kernels (k = 1: the first pass and the walk of the Morton blocks) in
+Triton's CPU interpreter against the all-pairs search.
 
 Skips unless Triton is installed. The interpreter runs the kernel's Python body with NumPy, so
 this checks its indexing and tie rule on any machine; the GPU test in test_knn.py runs it compiled.
@@ -20,10 +21,12 @@ import physmorph.surface.knn_kernel as kernel
 from physmorph.surface.knn import grid_nearest_neighbors
 from tests.surface.test_knn import _assert_exact
 
-calls = []
-original = kernel.nearest_in_neighbouring_cells
+calls, walks = [], []
+original, walk = kernel.nearest_in_neighbouring_cells, kernel.nearest_by_traversal
 kernel.nearest_in_neighbouring_cells = lambda *args: calls.append(1) or original(*args)
+kernel.nearest_by_traversal = lambda *args: walks.append(1) or walk(*args)
 g = torch.Generator().manual_seed(2)
+sphere = torch.nn.functional.normalize(torch.randn(800, 3, generator=g), dim=-1)
 lattice = torch.cartesian_prod(*[torch.arange(10.0)] * 3) * 0.5
 cases = {
     "random": (torch.rand(300, 3, generator=g), torch.rand(1500, 3, generator=g)),
@@ -31,17 +34,20 @@ cases = {
     "far queries": (torch.rand(60, 3, generator=g) * 10 + 20, torch.rand(1500, 3, generator=g)),
     "plane": (torch.rand(300, 3, generator=g), torch.cat([torch.rand(1500, 2, generator=g), torch.zeros(1500, 1)], 1)),
     "coincident": (torch.rand(100, 3, generator=g), torch.ones(1500, 3)),
+    "two bodies": (torch.randn(96, 3, generator=g) + torch.tensor([2.0, 0.0, 0.0]), torch.randn(800, 3, generator=g)),
+    "hollow sphere": (torch.randn(64, 3, generator=g) * 0.1, sphere),
 }
 checked = []
 for dtype in (torch.float32, torch.float64):
     for name, (queries, points) in cases.items():
         _assert_exact(queries.to(dtype), points.to(dtype), 1)
         checked.append(name)
-print(json.dumps({"checked": len(checked), "kernel_calls": len(calls)}))
+print(json.dumps({"checked": len(checked), "kernel_calls": len(calls), "walks": len(walks)}))
 """
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton)")
-def test_first_pass_kernel_in_the_interpreter_matches_the_all_pairs_search():
+def test_k1_kernels_in_the_interpreter_match_the_all_pairs_search():
     result = _interpret(SCRIPT)
-    assert result == {"checked": 10, "kernel_calls": 10}
+    # the far queries, the two bodies and the hollow sphere leave queries open for the walk
+    assert result == {"checked": 14, "kernel_calls": 14, "walks": 6}, result

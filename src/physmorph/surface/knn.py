@@ -31,6 +31,10 @@ _MORTON_BITS = 21
 _TOP_BLOCKS = 64
 # Queries that the first rings leave open descend in groups of this many.
 _DESCENT_CHUNK = 1 << 16
+# Before the descent, those queries are compared with every point of one Morton level's blocks
+# (one point each, at most this many blocks): the nearest gives a bound that prunes the descent's
+# top levels, which otherwise pair every open query with every top block.
+_REPRESENTATIVES = 4096
 
 
 @torch.no_grad()
@@ -272,6 +276,22 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
         radius += 1
         if k == 1 and grid.morton_bits <= _MORTON_BITS and active.numel():
             levels = _levels(grid, _TOP_BLOCKS)
+            _bound_by_representatives(grid, levels, sorted_queries, active, best_squared, best_index)
+            if _kernel_available(queries):
+                from physmorph.surface.knn_kernel import nearest_by_traversal
+
+                squared, index = nearest_by_traversal(
+                    sorted_queries[active],
+                    u[active],
+                    best_squared[active, 0],
+                    best_index[active, 0],
+                    grid.points,
+                    _depth_first_blocks(levels),
+                    grid.cell,
+                    float(grid.slack),
+                )
+                best_squared[active, 0], best_index[active, 0] = squared, index
+                break
             for start in range(0, active.numel(), _DESCENT_CHUNK):
                 _descend(
                     grid, levels, sorted_queries, u, active[start : start + _DESCENT_CHUNK], best_squared, best_index
@@ -289,6 +309,53 @@ def _kernel_available(queries: torch.Tensor) -> bool:
     interpreter, for tests) and Triton installed."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     return (queries.is_cuda or interpreted) and importlib.util.find_spec("triton") is not None
+
+
+def _bound_by_representatives(
+    grid: _Grid,
+    levels: list[_Level],
+    queries: torch.Tensor,
+    active: torch.Tensor,
+    best_squared: torch.Tensor,
+    best_index: torch.Tensor,
+) -> None:
+    """Lowers best_squared, best_index [Q, 1] of the active queries to their nearest among the
+    middle points of the finest level's blocks that number at most _REPRESENTATIVES (real
+    points, so the bound stays exact)."""
+    level = next((level for level in levels if level.keys.numel() <= _REPRESENTATIVES), levels[-1])
+    representatives = level.starts + level.counts // 2
+    positions = grid.points[representatives]
+    chunk = max(1, _ALL_PAIRS_BLOCK // positions.shape[0])
+    for start in range(0, active.numel(), chunk):
+        rows = active[start : start + chunk]
+        # cdist may take the matrix-product route: pick with it, then measure the pick exactly
+        nearest = torch.cdist(queries[rows], positions).argmin(dim=1)
+        squared = ((positions[nearest] - queries[rows]) ** 2).sum(dim=-1)
+        closer = squared < best_squared[rows, 0]
+        best_squared[rows[closer], 0] = squared[closer]
+        best_index[rows[closer], 0] = representatives[nearest[closer]]
+
+
+def _depth_first_blocks(levels: list[_Level]) -> tuple[torch.Tensor, ...]:
+    """The blocks of every level in depth-first order (each block before the blocks inside it,
+    siblings in Morton order, the top level's blocks one after another), as (corners [N, 3],
+    levels [N], starts [N], counts [N], skips [N]); a block's skip is the first block after
+    everything inside it."""
+    first_codes = torch.cat([level.keys << (3 * depth) for depth, level in enumerate(levels)])
+    depths = torch.cat([torch.full_like(level.keys, depth) for depth, level in enumerate(levels)])
+    keys = torch.cat([level.keys for level in levels])
+    order = torch.sort(-depths, stable=True).indices
+    order = order[torch.sort(first_codes[order], stable=True).indices]
+    first_codes, depths, keys = first_codes[order], depths[order], keys[order]
+    # (key + 1) << 3l, the first code after the block, has no room in 63 bits only for the last
+    # block a code can name, after which nothing follows.
+    last = ((keys + 1) >> (63 - 3 * depths)) != 0
+    ends = torch.where(last, 0, (keys + 1) << (3 * depths))
+    skips = torch.where(last, len(order), torch.searchsorted(first_codes, ends))
+    corners = torch.cat([level.corners for level in levels])[order]
+    starts = torch.cat([level.starts for level in levels])[order]
+    counts = torch.cat([level.counts for level in levels])[order]
+    return corners, depths, starts, counts, skips
 
 
 def _descend(

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-_BLOCK = 128  # queries per program
+_BLOCK = 128  # queries per program of the first pass
+_TRAVERSAL_BLOCK = 32  # queries per program of the walk (they diverge: fewer lanes wait on the slowest)
 
 
 @triton.jit
@@ -91,5 +92,110 @@ def nearest_in_neighbouring_cells(
             count,
             *shape,
             BLOCK=_BLOCK,
+        )
+    return best_squared, best_index
+
+
+@triton.jit
+def _nearest_by_traversal(
+    queries,  # [Q, 3] positions of the open queries
+    query_cells,  # [Q, 3] their positions in cell units (not clamped)
+    best_squared,  # [Q] in: a bound (a real point's squared distance, or inf); out: the nearest
+    best_index,  # [Q] in/out: the sorted index of that point
+    points,  # [P, 3] the grid's points, sorted
+    node_corners,  # [N, 3] int64 lowest cell of each block, blocks in depth-first order
+    node_levels,  # [N] int64 level l (the block spans 2^l cells per axis; 0: a cell)
+    node_starts,  # [N] first sorted point of the block
+    node_counts,  # [N] its number of points
+    node_skips,  # [N] the next block after this one's subtree, in depth-first order
+    query_count,
+    node_count,
+    cell,
+    slack,
+    BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = rows < query_count
+    qx = tl.load(queries + 3 * rows, mask=live, other=0.0)
+    qy = tl.load(queries + 3 * rows + 1, mask=live, other=0.0)
+    qz = tl.load(queries + 3 * rows + 2, mask=live, other=0.0)
+    ux = tl.load(query_cells + 3 * rows, mask=live, other=0.0)
+    uy = tl.load(query_cells + 3 * rows + 1, mask=live, other=0.0)
+    uz = tl.load(query_cells + 3 * rows + 2, mask=live, other=0.0)
+    best = tl.load(best_squared + rows, mask=live, other=0.0)
+    best_at = tl.load(best_index + rows, mask=live, other=0)
+    node = tl.where(live, 0, node_count).to(tl.int64)
+    while tl.sum((node < node_count).to(tl.int32), 0) > 0:
+        open_lane = node < node_count
+        at = tl.where(open_lane, node, 0)
+        level = tl.load(node_levels + at, mask=open_lane, other=0)
+        size = (1 << level).to(qx.dtype)
+        lx = tl.load(node_corners + 3 * at, mask=open_lane, other=0).to(qx.dtype)
+        ly = tl.load(node_corners + 3 * at + 1, mask=open_lane, other=0).to(qx.dtype)
+        lz = tl.load(node_corners + 3 * at + 2, mask=open_lane, other=0).to(qx.dtype)
+        gx = tl.maximum(lx - ux, 0.0) + tl.maximum(ux - lx - size, 0.0)
+        gy = tl.maximum(ly - uy, 0.0) + tl.maximum(uy - ly - size, 0.0)
+        gz = tl.maximum(lz - uz, 0.0) + tl.maximum(uz - lz - size, 0.0)
+        reach = tl.sqrt(gx * gx + gy * gy + gz * gz) * cell
+        visit = open_lane & (reach <= tl.sqrt(best) + slack)
+        leaf = visit & (level == 0)
+        count = tl.load(node_counts + at, mask=leaf, other=0)
+        start = tl.load(node_starts + at, mask=leaf, other=0)
+        for j in range(0, tl.max(count, 0)):
+            valid = j < count
+            point = start + j
+            dx = tl.load(points + 3 * point, mask=valid, other=0.0) - qx
+            dy = tl.load(points + 3 * point + 1, mask=valid, other=0.0) - qy
+            dz = tl.load(points + 3 * point + 2, mask=valid, other=0.0) - qz
+            squared = dx * dx + dy * dy + dz * dz
+            better = valid & ((squared < best) | ((squared == best) & (point < best_at)))
+            best = tl.where(better, squared, best)
+            best_at = tl.where(better, point, best_at)
+        # into the first child when an inner block may hold a nearer point, else past the subtree
+        skip = tl.load(node_skips + at, mask=open_lane, other=node_count)
+        node = tl.where(visit & (level > 0), node + 1, tl.where(open_lane, skip, node))
+    tl.store(best_squared + rows, best, mask=live)
+    tl.store(best_index + rows, best_at, mask=live)
+
+
+def nearest_by_traversal(
+    queries: torch.Tensor,
+    query_cells: torch.Tensor,
+    best_squared: torch.Tensor,
+    best_index: torch.Tensor,
+    points: torch.Tensor,
+    tree: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    cell: float,
+    slack: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest sorted point of each query by a stackless depth-first walk of the Morton blocks.
+
+    queries [Q, 3], their cell coordinates query_cells [Q, 3]; best_squared [Q] and best_index
+    [Q] hold a starting bound (a real point's squared distance and index, or inf); tree =
+    (corners [N, 3], levels [N], starts [N], counts [N], skips [N]) of the blocks in depth-first
+    order (`knn._depth_first_blocks`). A block is entered only when its box may hold a point
+    nearer than the best so far (plus `slack`, world units). Returns the updated copies.
+    """
+    count = queries.shape[0]
+    best_squared = best_squared.clone().contiguous()
+    best_index = best_index.clone().contiguous()
+    corners, levels, starts, counts, skips = (t.contiguous() for t in tree)
+    if count:
+        _nearest_by_traversal[(triton.cdiv(count, _TRAVERSAL_BLOCK),)](
+            queries.contiguous(),
+            query_cells.contiguous(),
+            best_squared,
+            best_index,
+            points.contiguous(),
+            corners,
+            levels,
+            starts,
+            counts,
+            skips,
+            count,
+            levels.shape[0],
+            float(cell),
+            float(slack),
+            BLOCK=_TRAVERSAL_BLOCK,
         )
     return best_squared, best_index
