@@ -233,12 +233,13 @@ def _searched_radius(u: torch.Tensor, cell: torch.Tensor, radius: int, grid: _Gr
 def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """nearest_neighbors on a sorted uniform grid (any device; the GPU path).
 
-    Each query first searches the 27 cells around its own (for k = 1 on CUDA, one Triton
-    kernel: `knn_kernel`). One that this does not settle (its
-    k-th distance may lie beyond them: a query in empty space) then, for k = 1, descends the
-    octree of Morton blocks, keeping the blocks that may hold a point nearer than the nearest
-    block representative seen; for k > 1 it searches one ring of cells further each pass,
-    until it holds k points and its k-th distance lies within the radius the rings cover.
+    Each query first searches the 27 cells around its own. One that this does not settle (its
+    k-th distance may lie beyond them: a query in empty space) then, for k = 1, takes the
+    nearest of one point per block of a coarse Morton level as a bound and descends the octree
+    of Morton blocks, keeping the blocks that may hold a point nearer than the best seen; for
+    k > 1 it searches one ring of cells further each pass, until it holds k points and its k-th
+    distance lies within the radius the rings cover. For k = 1 on CUDA the first pass and the
+    descent (a depth-first walk) are Triton kernels (`knn_kernel`).
     """
     _check(queries, points, k)
     grid = _Grid(points, k)

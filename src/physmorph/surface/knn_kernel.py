@@ -1,9 +1,10 @@
-"""The grid search's first pass for k = 1 (the 27 cells around each query) as one Triton kernel.
+"""The grid search's two passes for k = 1 as Triton kernels: the 27 cells around each query, then
+a depth-first walk of the Morton blocks for the queries those cells leave open.
 
 Imported only when a CUDA search runs (or under TRITON_INTERPRET=1 in tests): importing
-`physmorph.surface.knn` never needs Triton. The PyTorch pass it replaces launches about sixty
-kernels and syncs with the host for its ragged candidate lists; here each query keeps its best
-candidate in registers while it walks its cells' runs of sorted points.
+`physmorph.surface.knn` never needs Triton. The PyTorch passes they replace launch tens of
+kernels per pass or level and sync with the host for their ragged candidate lists; here each
+query keeps its best candidate in registers while it reads runs of sorted points.
 """
 
 from __future__ import annotations
