@@ -72,6 +72,7 @@ class Settings:
     views: int = 4
     resolution: int = 1024
     repeats: int = 5  # timed repeats of the standalone Chamfer evaluation
+    control_spacing: float | None = None  # optimization.control_spacing (None: the config's)
 
 
 def synchronize(device: torch.device) -> None:
@@ -197,6 +198,8 @@ def run_configuration(
     config = refined_config(config, dx)
     if settings.iterations is not None:
         config = replace(config, optimization=replace(config.optimization, iterations=settings.iterations))
+    if settings.control_spacing is not None:
+        config = replace(config, optimization=replace(config.optimization, control_spacing=settings.control_spacing))
     steps = config.optimization.num_timesteps
     rows: list[Row] = []
     holder: dict[str, Any] = {}
@@ -346,6 +349,9 @@ def main() -> None:
     parser.add_argument("--gaussians", type=int, help="M (default: 1,000,000 on GPU, 50,000 on CPU)")
     parser.add_argument("--views", type=int, help="e2e training views (default: 4 on GPU, 2 on CPU)")
     parser.add_argument("--resolution", type=int, help="e2e image side (default: 1024 on GPU, 256 on CPU)")
+    parser.add_argument(
+        "--control-spacing", type=float, help="optimization.control_spacing, grid units (default: the config's)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: dx 1, 1 episode of 2 iterations, tiny e2e")
     arguments = parser.parse_args()
     device = torch.device(arguments.device)
@@ -358,11 +364,12 @@ def main() -> None:
         arguments.gaussians or (1_000_000 if gpu else 50_000),
         arguments.views or (4 if gpu else 2),
         arguments.resolution or (1024 if gpu else 256),
+        control_spacing=arguments.control_spacing,
     )
     dxs = arguments.dx or ([1.0, 0.5, 0.25] if gpu else [1.0, 0.5])
     if arguments.quick:
         dxs = arguments.dx or [1.0]
-        settings = Settings(1, 1, 2, 2, 20_000, 1, 128, repeats=2)
+        settings = Settings(1, 1, 2, 2, 20_000, 1, 128, repeats=2, control_spacing=arguments.control_spacing)
     name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; {settings}")
     config = reference_config(arguments.meshes)

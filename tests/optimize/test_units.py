@@ -26,6 +26,8 @@ MORPH = {
         "backend": "torch",
         "chamfer_weight": 0.0,
         "arrival_speed_weight": 0.0,
+        # one control per particle: the units alone (test_control_lattice.py covers the lattice)
+        "control_spacing": None,
     },
 }
 

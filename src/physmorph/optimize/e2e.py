@@ -35,7 +35,6 @@ from physmorph.mpm import Material, Trajectory
 from physmorph.optimize.adam import Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.balance import balanced_objective, balanced_surrogate
 from physmorph.optimize.episode import EpisodeProblem
-from physmorph.optimize.units import learning_rate_scale
 from physmorph.render import Cameras, Images, RenderConfig, render
 from physmorph.render.renderer import Backend
 from physmorph.surface import (
@@ -431,9 +430,9 @@ def optimize_e2e(
     )
     base_material = problem.model.material
     # Adam steps the control rates (ΔF per reference step, physmorph.optimize.units), like optimize_adam
-    controls = problem.zero_controls().requires_grad_()
+    controls = problem.zero_rates().requires_grad_()
     material_parameters = [] if material == "none" else _material_parameters(base_material, material, controls)
-    groups = [ParameterGroup([controls], settings.learning_rate * learning_rate_scale(problem.model))]
+    groups = [ParameterGroup([controls], settings.learning_rate * problem.rate_step_scale)]
     if material_parameters:
         groups.append(ParameterGroup(material_parameters, material_learning_rate))
     surface_leaves = _surface_parameters(binding, controls) if surface_parameters else []

@@ -12,8 +12,9 @@ from physmorph.errors import SimulationDiverged
 from physmorph.losses import chamfer_distance, elastic_energy_per_mass, mass_loss
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
 from physmorph.optimize.adam import AdamOutcome, Divergence, ParameterGroup, Progress, adam_descent
+from physmorph.optimize.control_lattice import control_lattice_weights, interpolate_rates
 from physmorph.optimize.setup import MorphSetup
-from physmorph.optimize.units import control_scale, learning_rate_scale
+from physmorph.optimize.units import REFERENCE_DX, control_scale, learning_rate_scale
 
 # Reference optimiser constants (SPEC §5).
 ADAM_BETAS = (0.9, 0.999)
@@ -41,6 +42,8 @@ class EpisodeProblem:
     # image-only target: target_grid_mass is the visual hull carved from the images
     target_is_hull: bool = False
     elastic_energy_weight: float = 0.0
+    # [N, L] weights from the control lattice's nodes to the particles (None: a control per particle)
+    control_weights: torch.Tensor | None = None
 
     @staticmethod
     def of(setup: MorphSetup, initial: State, settings: OptimizationConfig) -> EpisodeProblem:
@@ -59,6 +62,7 @@ class EpisodeProblem:
             settings.release_steps,
             setup.target_images is not None and setup.target_grid_mass is not None,
             settings.elastic_energy_weight,
+            _control_weights(setup, settings.control_spacing),
         )
 
     @property
@@ -69,6 +73,21 @@ class EpisodeProblem:
         x = self.initial.positions
         return torch.zeros(self.num_controls, x.shape[0], 3, 3, dtype=x.dtype, device=x.device)
 
+    def zero_rates(self) -> torch.Tensor:
+        """Zero control rates [K, L, 3, 3], what Adam optimises: one per control-lattice node, or
+        per particle (L = N) without a control lattice."""
+        if self.control_weights is None:
+            return self.zero_controls()
+        x = self.initial.positions
+        return torch.zeros(self.num_controls, self.control_weights.shape[1], 3, 3, dtype=x.dtype, device=x.device)
+
+    @property
+    def rate_step_scale(self) -> float:
+        """Factor on Adam's step of the control rates: sqrt(dx) per particle
+        (units.learning_rate_scale, against the ripples of finer lattices), 1 on a control lattice
+        (it has no detail below its spacing)."""
+        return 1.0 if self.control_weights is not None else learning_rate_scale(self.model)
+
     @property
     def control_scale(self) -> float:
         """ΔF per control step of a unit control rate (physmorph.optimize.units): dt / (1/120 s)."""
@@ -77,7 +96,10 @@ class EpisodeProblem:
     def controls_from_rates(self, rates: torch.Tensor) -> torch.Tensor:
         """The ΔF [K, N, 3, 3] that control rates `rates` (ΔF per reference step, what Adam
         optimises) apply at this problem's step: the same deformation per unit of simulated time
-        at any dt (exactly `rates` at dt = 1/120 s)."""
+        at any dt (exactly `rates` at dt = 1/120 s); rates on a control lattice are interpolated
+        to the particles first."""
+        if self.control_weights is not None:
+            rates = interpolate_rates(self.control_weights, rates)
         return rates * self.control_scale
 
     def rollout(self, controls: torch.Tensor, start: int = 0, state: State | None = None) -> Trajectory:
@@ -186,7 +208,7 @@ def optimize_adam(
     learning-rate decay, early stop after `patience` iterations without improvement, step halved
     after a diverged rollout) on the exact gradient. Adam steps the control rates (ΔF per
     reference step, see physmorph.optimize.units), so `settings.learning_rate` means the same at
-    any time step; its step is that rate times sqrt(dx / 1 grid unit) (units.learning_rate_scale).
+    any time step; its step is that rate times EpisodeProblem.rate_step_scale.
 
     Keeps the controls of least loss, unless their last state is farther from the target
     (`EpisodeProblem.distance`) than the episode's first state, and another iterate's is not:
@@ -215,6 +237,20 @@ def optimize_adam(
     return EpisodeResult(best_controls, trajectory, losses, divergences, kept_loss)
 
 
+def _control_weights(setup: MorphSetup, spacing: float | str | None) -> torch.Tensor | None:
+    """The control lattice's weights over the source's rest particles, or None when `spacing` is
+    None or no coarser than the particle lattice (then each particle is its own node). "auto":
+    the particle spacing at grid_dx = REFERENCE_DX, the same points per cell."""
+    if spacing is None:
+        return None
+    particle_spacing = float(setup.model.lattice_volumes.reshape(-1)[0]) ** (1.0 / 3.0)
+    if spacing == "auto":
+        spacing = particle_spacing * REFERENCE_DX / setup.model.grid.dx
+    if spacing <= 1.001 * particle_spacing:
+        return None
+    return control_lattice_weights(setup.initial.positions, spacing)
+
+
 # optimize_adam's descents with halved learning rates when every iterate ends farther from the target
 # or none beats the zero control
 RETRIES = 2
@@ -226,7 +262,7 @@ def _descend(
     """One Adam descent from zero control rates: the kept rates, their loss when they are not the
     least-loss iterate (else None), whether some iterate ends no farther than `start`, and the
     descent's outcome."""
-    rates = problem.zero_controls().requires_grad_()
+    rates = problem.zero_rates().requires_grad_()
     # the least-loss iterate whose last state is no farther from the target than the first state
     admissible_loss, admissible_rates = math.inf, None
 
@@ -238,7 +274,7 @@ def _descend(
             admissible_loss, admissible_rates = value, rates.detach().clone()
         return loss, value
 
-    step = settings.learning_rate * learning_rate_scale(problem.model)
+    step = settings.learning_rate * problem.rate_step_scale
     outcome = adam_descent([ParameterGroup([rates], step)], evaluate, settings, progress)
     if admissible_rates is not None and admissible_loss > min(outcome.losses):
         return admissible_rates, admissible_loss, True, outcome  # the least-loss iterate ends farther away
