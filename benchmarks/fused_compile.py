@@ -1,4 +1,4 @@
-"""Compile time and register use of the fused MPM kernels for an H100 (sm_90), no GPU needed.
+"""Compile time and register use of the fused MPM and k-NN kernels for an H100 (sm_90), no GPU needed.
 
 Runnable as `python benchmarks/fused_compile.py [--dtype float32] [--arch 90]` wherever Triton is
 installed (`pip install triton` on a CPU machine will do): Triton compiles ahead of time for the
@@ -24,6 +24,7 @@ from triton.compiler import ASTSource
 from physmorph.mpm.fused import function as fused
 from physmorph.mpm.fused import kernels
 from physmorph.mpm.fused import return_mapping as plastic
+from physmorph.surface import knn_kernel
 
 INDEX_POINTERS = {"order_ptr", "keys_ptr"}
 
@@ -41,6 +42,22 @@ def signature(kernel, pointer: str, constants: dict) -> ASTSource:
         else:
             types[name] = "i32"
     return ASTSource(kernel, types, constants)
+
+
+def knn_signatures(real: str) -> list[tuple[str, ASTSource]]:
+    """The two k-NN kernels (surface/knn_kernel.py) as a Chamfer evaluation launches them."""
+    pointer, index = f"*{real}", "*i64"
+    first = dict.fromkeys(("queries", "points", "best_squared"), pointer)
+    first |= dict.fromkeys(("query_cells", "counts", "starts", "best_index"), index)
+    first |= dict.fromkeys(("query_count", "shape_x", "shape_y", "shape_z"), "i32") | {"BLOCK": "constexpr"}
+    walk = dict.fromkeys(("queries", "query_cells", "best_squared", "points"), pointer)
+    nodes = ("node_corners", "node_levels", "node_starts", "node_counts", "node_skips")
+    walk |= dict.fromkeys(("best_index", *nodes), index)
+    walk |= {"query_count": "i32", "node_count": "i32", "cell": real, "slack": real, "BLOCK": "constexpr"}
+    return [
+        ("knn_first_pass", ASTSource(knn_kernel._nearest_in_neighbouring_cells, first, {"BLOCK": knn_kernel._BLOCK})),
+        ("knn_walk", ASTSource(knn_kernel._nearest_by_traversal, walk, {"BLOCK": knn_kernel._TRAVERSAL_BLOCK})),
+    ]
 
 
 def resources(cubin: bytes) -> dict[str, int]:
@@ -83,6 +100,8 @@ def main() -> None:
             4,
         ),
     )
+    sources = [(name, signature(kernel, pointer, constants), warps) for name, kernel, constants, warps in variants]
+    sources += [(name, source, 4) for name, source in knn_signatures(pointer[1:])]
     target = GPUTarget("cuda", args.arch, 32)
     triton.knobs.compilation.always_compile = True  # time the compiler, not Triton's disk cache
     print(
@@ -91,9 +110,9 @@ def main() -> None:
     )
     print(f"{'kernel':>14} {'warps':>5} {'compile s':>9} {'registers':>9} {'shared B':>8} {'spilled B':>9}")
     total = 0.0
-    for name, kernel, constants, warps in variants:
+    for name, source, warps in sources:
         start = time.perf_counter()
-        compiled = triton.compile(signature(kernel, pointer, constants), target=target, options={"num_warps": warps})
+        compiled = triton.compile(source, target=target, options={"num_warps": warps})
         seconds = time.perf_counter() - start
         total += seconds
         use = resources(compiled.asm["cubin"])

@@ -17,7 +17,9 @@ _BLOCK = 128  # queries per program of the first pass
 _TRAVERSAL_BLOCK = 32  # queries per program of the walk (they diverge: fewer lanes wait on the slowest)
 
 
-@triton.jit
+# The sizes are not specialised on (Triton would compile a variant per size class: a cold start pays
+# each), and the 27 cells are a loop, not unrolled (27 copies of the body took 5.6 s to compile).
+@triton.jit(do_not_specialize=["query_count", "shape_x", "shape_y", "shape_z"])
 def _nearest_in_neighbouring_cells(
     queries,  # [Q, 3] positions, sorted by cell
     query_cells,  # [Q, 3] int64 clamped cells of the queries
@@ -42,7 +44,7 @@ def _nearest_in_neighbouring_cells(
     cz = tl.load(query_cells + 3 * rows + 2, mask=live, other=0)
     best = tl.zeros([BLOCK], dtype=qx.dtype) + float("inf")
     best_at = tl.zeros([BLOCK], dtype=tl.int64)
-    for offset in tl.static_range(27):
+    for offset in tl.range(0, 27):
         x = cx + (offset // 9 - 1)
         y = cy + ((offset // 3) % 3 - 1)
         z = cz + (offset % 3 - 1)
@@ -97,7 +99,7 @@ def nearest_in_neighbouring_cells(
     return best_squared, best_index
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["query_count", "node_count"])
 def _nearest_by_traversal(
     queries,  # [Q, 3] positions of the open queries
     query_cells,  # [Q, 3] their positions in cell units (not clamped)
