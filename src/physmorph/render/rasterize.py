@@ -137,7 +137,8 @@ class _TilePlan:
 def _lowest_exponent(conics: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """Smallest σ = ½ dᵀ Q d [I] over the boxes lower <= d <= upper [I, 2] (offsets from each
     Gaussian's centre; Q = [[a, b], [b, c]] from conics [I, 3]): 0 if the box holds the centre,
-    else the least of the four edges' minima (a convex quadratic peaks nowhere inside)."""
+    else the least of the four edges' minima (a convex quadratic whose minimum lies outside a box
+    is least on its boundary)."""
     a, b, c = conics.unbind(-1)
     inside = (lower <= 0).all(-1) & (upper >= 0).all(-1)
     best = torch.full_like(a, math.inf)
