@@ -56,6 +56,8 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
             "device": args.device,
         }
     )
+    if args.control_spacing is not None:
+        optimization["control_spacing"] = args.control_spacing
     mapping["sampling"] = {"runtime_surface": {"M": args.gaussians}}
     mapping["e2e"] = {
         "num_train_views": args.views,
@@ -140,6 +142,9 @@ def main() -> None:
         "--silhouette-chamfer", type=float, nargs="*", default=[], help="extra balanced variants: w_silhouette_chamfer"
     )
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    parser.add_argument(
+        "--control-spacing", type=float, default=None, help="optimization.control_spacing, grid units (default: auto)"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # the bunny mesh's small holes are reported at every fill
     device = resolve_device(args.device)
