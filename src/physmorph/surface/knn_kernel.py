@@ -17,6 +17,31 @@ _BLOCK = 128  # queries per program of the first pass
 _TRAVERSAL_BLOCK = 32  # queries per program of the walk (they diverge: fewer lanes wait on the slowest)
 
 
+@triton.jit
+def _load_rows(values, rows, mask, other):
+    """The three columns of rows `rows` of a [R, 3] tensor (`other` where `mask` is false)."""
+    x = tl.load(values + 3 * rows, mask=mask, other=other)
+    y = tl.load(values + 3 * rows + 1, mask=mask, other=other)
+    z = tl.load(values + 3 * rows + 2, mask=mask, other=other)
+    return x, y, z
+
+
+@triton.jit
+def _nearest_in_runs(points, start, count, qx, qy, qz, best, best_at):
+    """Each lane's best (squared distance, sorted index) after also reading its run of `count`
+    sorted points from `start` (the smaller index among equal distances)."""
+    for j in range(0, tl.max(count, 0)):
+        valid = j < count
+        point = start + j
+        px, py, pz = _load_rows(points, point, valid, 0.0)
+        dx, dy, dz = px - qx, py - qy, pz - qz
+        squared = dx * dx + dy * dy + dz * dz
+        better = valid & ((squared < best) | ((squared == best) & (point < best_at)))
+        best = tl.where(better, squared, best)
+        best_at = tl.where(better, point, best_at)
+    return best, best_at
+
+
 # The sizes are not specialised on (Triton would compile a variant per size class: a cold start pays
 # each), and the 27 cells are a loop, not unrolled (27 copies of the body took 5.6 s to compile).
 @triton.jit(do_not_specialize=["query_count", "shape_x", "shape_y", "shape_z"])
@@ -36,12 +61,8 @@ def _nearest_in_neighbouring_cells(
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < query_count
-    qx = tl.load(queries + 3 * rows, mask=live, other=0.0)
-    qy = tl.load(queries + 3 * rows + 1, mask=live, other=0.0)
-    qz = tl.load(queries + 3 * rows + 2, mask=live, other=0.0)
-    cx = tl.load(query_cells + 3 * rows, mask=live, other=0)
-    cy = tl.load(query_cells + 3 * rows + 1, mask=live, other=0)
-    cz = tl.load(query_cells + 3 * rows + 2, mask=live, other=0)
+    qx, qy, qz = _load_rows(queries, rows, live, 0.0)
+    cx, cy, cz = _load_rows(query_cells, rows, live, 0)
     best = tl.zeros([BLOCK], dtype=qx.dtype) + float("inf")
     best_at = tl.zeros([BLOCK], dtype=tl.int64)
     for offset in tl.range(0, 27):
@@ -52,16 +73,7 @@ def _nearest_in_neighbouring_cells(
         key = (x * shape_y + y) * shape_z + z
         count = tl.load(counts + key, mask=inside, other=0)
         start = tl.load(starts + key, mask=inside, other=0)
-        for j in range(0, tl.max(count, 0)):
-            valid = j < count
-            point = start + j
-            dx = tl.load(points + 3 * point, mask=valid, other=0.0) - qx
-            dy = tl.load(points + 3 * point + 1, mask=valid, other=0.0) - qy
-            dz = tl.load(points + 3 * point + 2, mask=valid, other=0.0) - qz
-            squared = dx * dx + dy * dy + dz * dz
-            better = valid & ((squared < best) | ((squared == best) & (point < best_at)))
-            best = tl.where(better, squared, best)
-            best_at = tl.where(better, point, best_at)
+        best, best_at = _nearest_in_runs(points, start, count, qx, qy, qz, best, best_at)
     tl.store(best_squared + rows, best, mask=live)
     tl.store(best_index + rows, best_at, mask=live)
 
@@ -119,12 +131,8 @@ def _nearest_by_traversal(
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < query_count
-    qx = tl.load(queries + 3 * rows, mask=live, other=0.0)
-    qy = tl.load(queries + 3 * rows + 1, mask=live, other=0.0)
-    qz = tl.load(queries + 3 * rows + 2, mask=live, other=0.0)
-    ux = tl.load(query_cells + 3 * rows, mask=live, other=0.0)
-    uy = tl.load(query_cells + 3 * rows + 1, mask=live, other=0.0)
-    uz = tl.load(query_cells + 3 * rows + 2, mask=live, other=0.0)
+    qx, qy, qz = _load_rows(queries, rows, live, 0.0)
+    ux, uy, uz = _load_rows(query_cells, rows, live, 0.0)
     best = tl.load(best_squared + rows, mask=live, other=0.0)
     best_at = tl.load(best_index + rows, mask=live, other=0)
     node = tl.where(live, 0, node_count).to(tl.int64)
@@ -133,9 +141,8 @@ def _nearest_by_traversal(
         at = tl.where(open_lane, node, 0)
         level = tl.load(node_levels + at, mask=open_lane, other=0)
         size = (1 << level).to(qx.dtype)
-        lx = tl.load(node_corners + 3 * at, mask=open_lane, other=0).to(qx.dtype)
-        ly = tl.load(node_corners + 3 * at + 1, mask=open_lane, other=0).to(qx.dtype)
-        lz = tl.load(node_corners + 3 * at + 2, mask=open_lane, other=0).to(qx.dtype)
+        lx, ly, lz = _load_rows(node_corners, at, open_lane, 0)
+        lx, ly, lz = lx.to(qx.dtype), ly.to(qx.dtype), lz.to(qx.dtype)
         gx = tl.maximum(lx - ux, 0.0) + tl.maximum(ux - lx - size, 0.0)
         gy = tl.maximum(ly - uy, 0.0) + tl.maximum(uy - ly - size, 0.0)
         gz = tl.maximum(lz - uz, 0.0) + tl.maximum(uz - lz - size, 0.0)
@@ -144,16 +151,7 @@ def _nearest_by_traversal(
         leaf = visit & (level == 0)
         count = tl.load(node_counts + at, mask=leaf, other=0)
         start = tl.load(node_starts + at, mask=leaf, other=0)
-        for j in range(0, tl.max(count, 0)):
-            valid = j < count
-            point = start + j
-            dx = tl.load(points + 3 * point, mask=valid, other=0.0) - qx
-            dy = tl.load(points + 3 * point + 1, mask=valid, other=0.0) - qy
-            dz = tl.load(points + 3 * point + 2, mask=valid, other=0.0) - qz
-            squared = dx * dx + dy * dy + dz * dz
-            better = valid & ((squared < best) | ((squared == best) & (point < best_at)))
-            best = tl.where(better, squared, best)
-            best_at = tl.where(better, point, best_at)
+        best, best_at = _nearest_in_runs(points, start, count, qx, qy, qz, best, best_at)
         # into the first child when an inner block may hold a nearer point, else past the subtree
         skip = tl.load(node_skips + at, mask=open_lane, other=node_count)
         node = tl.where(visit & (level > 0), node + 1, tl.where(open_lane, skip, node))
