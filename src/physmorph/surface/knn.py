@@ -31,9 +31,9 @@ _MORTON_BITS = 21
 _TOP_BLOCKS = 64
 # Queries that the first rings leave open descend in groups of this many.
 _DESCENT_CHUNK = 1 << 16
-# Before the descent, those queries are compared with every point of one Morton level's blocks
-# (one point each, at most this many blocks): the nearest gives a bound that prunes the descent's
-# top levels, which otherwise pair every open query with every top block.
+# Before the Triton walk, those queries are compared with one point of each block of one Morton
+# level (at most this many blocks): the nearest gives the walk a bound from its first block. (The
+# PyTorch descent bounds itself level by level; on the CPU the comparison cost more than it saved.)
 _REPRESENTATIVES = 4096
 
 
@@ -234,12 +234,12 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
     """nearest_neighbors on a sorted uniform grid (any device; the GPU path).
 
     Each query first searches the 27 cells around its own. One that this does not settle (its
-    k-th distance may lie beyond them: a query in empty space) then, for k = 1, takes the
-    nearest of one point per block of a coarse Morton level as a bound and descends the octree
-    of Morton blocks, keeping the blocks that may hold a point nearer than the best seen; for
-    k > 1 it searches one ring of cells further each pass, until it holds k points and its k-th
-    distance lies within the radius the rings cover. For k = 1 on CUDA the first pass and the
-    descent (a depth-first walk) are Triton kernels (`knn_kernel`).
+    k-th distance may lie beyond them: a query in empty space) then, for k = 1, descends the
+    octree of Morton blocks, keeping the blocks that may hold a point nearer than the best seen;
+    for k > 1 it searches one ring of cells further each pass, until it holds k points and its
+    k-th distance lies within the radius the rings cover. For k = 1 on CUDA the first pass and the
+    descent are Triton kernels (`knn_kernel`); the descent is then a depth-first walk that starts
+    from the nearest of one point per block of a coarse Morton level.
     """
     _check(queries, points, k)
     grid = _Grid(points, k)
@@ -277,10 +277,11 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
         radius += 1
         if k == 1 and grid.morton_bits <= _MORTON_BITS and active.numel():
             levels = _levels(grid, _TOP_BLOCKS)
-            _bound_by_representatives(grid, levels, sorted_queries, active, best_squared, best_index)
             if _kernel_available(queries):
                 from physmorph.surface.knn_kernel import nearest_by_traversal
 
+                # the walk visits children in a fixed order: it needs a tight bound from the start
+                _bound_by_representatives(grid, levels, sorted_queries, active, best_squared, best_index)
                 squared, index = nearest_by_traversal(
                     sorted_queries[active],
                     u[active],
@@ -306,8 +307,8 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
 
 
 def _kernel_available(queries: torch.Tensor) -> bool:
-    """Whether the first pass runs as one Triton kernel: CUDA tensors (or Triton's CPU
-    interpreter, for tests) and Triton installed."""
+    """Whether the k = 1 passes run as Triton kernels (`knn_kernel`): CUDA tensors (or Triton's
+    CPU interpreter, for tests) and Triton installed."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     return (queries.is_cuda or interpreted) and importlib.util.find_spec("triton") is not None
 
