@@ -72,8 +72,8 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
     """The runs compared, by name: physics only, the plain weighted sum of the config's terms,
     balanced gradients (one per --ratio; the first is the default's), balanced without the 2D
     silhouette Chamfer term, with each --silhouette-chamfer weight and with each --depth-weight,
-    balanced with trained surfels, and image-only with and without the visual-hull term and with
-    each --depth-weight."""
+    balanced with trained surfels, image-only with and without the visual-hull term and with
+    each --depth-weight, and balanced with controls on each --e2e-control-spacing lattice."""
     physics = base_mapping(args, target, dx)
     plain = copy.deepcopy(physics) | {"mode": "e2e"}
     plain["optimization"].setdefault("loss", {})["render_gradient_ratio"] = None
@@ -99,6 +99,10 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
     images_no_hull = copy.deepcopy(image_only)
     images_no_hull["optimization"]["loss"]["w_hull"] = 0.0
     runs |= {"image only": image_only, "image, no hull": images_no_hull}
+    for spacing in args.e2e_control_spacing:
+        variant = copy.deepcopy(runs["e2e (balanced)"])
+        variant["optimization"]["control_spacing"] = spacing
+        runs[f"e2e (lattice {spacing:g})"] = variant
     for weight in args.depth_weight:
         for name in ("e2e (balanced)", "image only"):
             variant = copy.deepcopy(runs[name])
@@ -144,6 +148,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     parser.add_argument(
         "--control-spacing", type=float, default=None, help="optimization.control_spacing, grid units (default: auto)"
+    )
+    parser.add_argument(
+        "--e2e-control-spacing",
+        type=float,
+        nargs="*",
+        default=[],
+        help="extra balanced variants: optimization.control_spacing for the e2e run alone",
     )
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # the bunny mesh's small holes are reported at every fill

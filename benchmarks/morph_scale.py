@@ -73,6 +73,7 @@ class Settings:
     resolution: int = 1024
     repeats: int = 5  # timed repeats of the standalone Chamfer evaluation
     control_spacing: float | None = None  # optimization.control_spacing (None: the config's)
+    learning_rate: float | None = None  # optimization.learning_rate (None: the config's)
 
 
 def synchronize(device: torch.device) -> None:
@@ -200,6 +201,8 @@ def run_configuration(
         config = replace(config, optimization=replace(config.optimization, iterations=settings.iterations))
     if settings.control_spacing is not None:
         config = replace(config, optimization=replace(config.optimization, control_spacing=settings.control_spacing))
+    if settings.learning_rate is not None:
+        config = replace(config, optimization=replace(config.optimization, learning_rate=settings.learning_rate))
     steps = config.optimization.num_timesteps
     rows: list[Row] = []
     holder: dict[str, Any] = {}
@@ -352,6 +355,7 @@ def main() -> None:
     parser.add_argument(
         "--control-spacing", type=float, help="optimization.control_spacing, grid units (default: the config's)"
     )
+    parser.add_argument("--learning-rate", type=float, help="optimization.learning_rate (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="smoke run: dx 1, 1 episode of 2 iterations, tiny e2e")
     arguments = parser.parse_args()
     device = torch.device(arguments.device)
@@ -365,6 +369,7 @@ def main() -> None:
         arguments.views or (4 if gpu else 2),
         arguments.resolution or (1024 if gpu else 256),
         control_spacing=arguments.control_spacing,
+        learning_rate=arguments.learning_rate,
     )
     dxs = arguments.dx or ([1.0, 0.5, 0.25] if gpu else [1.0, 0.5])
     if arguments.quick:

@@ -186,10 +186,11 @@ class OptimizationConfig:
     learning_rate: float = 0.02  # adam: first step size, ΔF per 1/120 s of simulated time (optimize.units)
     # adam: optimise the control rates on the nodes of a lattice of this spacing (grid units) over
     # the rest body, each particle's interpolated from its cell's 8 nodes (optimize.control_lattice),
-    # so a refined config keeps the same control space. auto: the particle spacing the config would
-    # have at grid_dx 1 (one control per particle there, as before); null, or no coarser than the
-    # particle spacing: one control per particle (the reference). At refine 4 of the reference pair
-    # (714k particles) auto ends 5 episodes at Chamfer 0.160 against 0.189 per particle.
+    # so a refined config keeps the same control space. auto: 1 grid unit, the cell the optimiser
+    # was tuned at (optimize.units.REFERENCE_DX); null, or no coarser than the particle spacing: one
+    # control per particle (the reference). Reference pair, 5 episodes on an H200, Chamfer with auto
+    # against one control per particle: dx 1 0.241 / 0.240, dx 0.5 0.143 / 0.149, refine 4 (714k
+    # particles) 0.102 / 0.189 (a 0.5 lattice: 0.160).
     control_spacing: float | Literal["auto"] | None = "auto"
     final_learning_rate_ratio: float = 0.1  # adam: cosine schedule ends at lr · ratio
     patience: int = 4  # adam: stop after this many iterations without improvement

@@ -48,25 +48,25 @@ def test_interpolation_gradcheck():
     assert torch.autograd.gradcheck(lambda r: interpolate_rates(weights, r), (rates,))
 
 
-def test_refined_morph_optimises_lattice_rates_and_the_coarse_config_is_unchanged():
+def test_auto_lattice_is_the_same_control_space_at_every_refinement():
     mapping = MORPH | {"optimization": {**MORPH["optimization"], "control_spacing": "auto"}}
-    coarse = config_from_mapping(mapping)
-    coarse_setup = build_setup(coarse, torch.device("cpu"))
-    coarse_problem = EpisodeProblem.of(coarse_setup, coarse_setup.initial, coarse.optimization)
-    # at refine 1 the particle spacing is 0.5 already: one control per particle, as without the key
-    assert coarse_problem.control_weights is None
-    fine = config_from_mapping(mapping | {"simulation": {**MORPH["simulation"], "refine": 2}})
-    setup = build_setup(fine, torch.device("cpu"))
-    problem = EpisodeProblem.of(setup, setup.initial, fine.optimization)
-    particles = setup.initial.num_particles
-    nodes = problem.zero_rates().shape[1]
-    assert problem.control_weights.shape == (particles, nodes) and nodes < particles / 4
-    assert problem.rate_step_scale == 1.0
-    result = optimize_adam(problem, fine.optimization)
-    assert result.controls.shape == (problem.num_controls, particles, 3, 3)
-    assert result.loss_after < 0.8 * result.loss_before
-    # the same deformation over the episode as one control per particle at refine 1
-    coarse_result = optimize_adam(coarse_problem, coarse.optimization)
-    totals = [r.controls.sum(0).norm(dim=(-1, -2)).mean() for r in (coarse_result, result)]
+    problems = {}
+    for refine in (1, 2):
+        config = config_from_mapping(mapping | {"simulation": {**MORPH["simulation"], "refine": refine}})
+        setup = build_setup(config, torch.device("cpu"))
+        problems[refine] = (EpisodeProblem.of(setup, setup.initial, config.optimization), config)
+    nodes = {refine: problem.zero_rates().shape[1] for refine, (problem, _) in problems.items()}
+    for refine, (problem, _) in problems.items():
+        particles = problem.initial.num_particles
+        # a 1-grid-unit lattice: inside the body one node per 8 particles at refine 1, per 64 at refine 2
+        assert problem.control_weights.shape == (particles, nodes[refine]) and nodes[refine] < particles / (2 * refine)
+        assert problem.rate_step_scale == 1.0
+    assert abs(nodes[2] - nodes[1]) <= 0.25 * nodes[1], nodes
+    results = {refine: optimize_adam(problem, config.optimization) for refine, (problem, config) in problems.items()}
+    fine_problem = problems[2][0]
+    assert results[2].controls.shape == (fine_problem.num_controls, fine_problem.initial.num_particles, 3, 3)
+    assert results[2].loss_after < 0.8 * results[2].loss_before
+    # the same deformation over the episode at both resolutions
+    totals = [results[refine].controls.sum(0).norm(dim=(-1, -2)).mean() for refine in (1, 2)]
     ratio = (totals[1] / totals[0]).item()
     assert 0.7 < ratio < 1.4, ratio

@@ -240,12 +240,12 @@ def optimize_adam(
 def _control_weights(setup: MorphSetup, spacing: float | str | None) -> torch.Tensor | None:
     """The control lattice's weights over the source's rest particles, or None when `spacing` is
     None or no coarser than the particle lattice (then each particle is its own node). "auto":
-    the particle spacing at grid_dx = REFERENCE_DX, the same points per cell."""
+    REFERENCE_DX, one node per cell of the resolution the optimiser was tuned at."""
     if spacing is None:
         return None
     particle_spacing = float(setup.model.lattice_volumes.reshape(-1)[0]) ** (1.0 / 3.0)
     if spacing == "auto":
-        spacing = particle_spacing * REFERENCE_DX / setup.model.grid.dx
+        spacing = REFERENCE_DX
     if spacing <= 1.001 * particle_spacing:
         return None
     return control_lattice_weights(setup.initial.positions, spacing)
