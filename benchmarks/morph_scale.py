@@ -222,7 +222,8 @@ def run_configuration(
 
     def chamfer(row: Row) -> None:
         x = setup.initial.positions
-        row.seconds = _median_seconds(lambda: chamfer_distance(x, target), device, settings.repeats)
+        # a new tensor each time, as a loss sees a new state: only the target's grid is reused
+        row.seconds = _median_seconds(lambda: chamfer_distance(x.clone(), target), device, settings.repeats)
         row.chamfer = chamfer_distance(x, target).item()
         row.note = f"{x.shape[0]} × {target.shape[0]} points"
 

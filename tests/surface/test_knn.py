@@ -82,6 +82,19 @@ def test_grid_with_k_equal_to_the_point_count():
     torch.testing.assert_close(distances, _brute_force(queries, points, points.shape[0]))
 
 
+def test_a_grid_is_reused_only_while_its_points_are_unchanged():
+    generator = torch.Generator().manual_seed(5)
+    points, queries = _random(3000, generator), _random(400, generator)
+    _assert_exact(queries, points, 1)
+    _assert_exact(queries, points, 3)  # another k: another grid
+    # moved in place: the grid built for the old positions must not answer
+    points[:1500] += 0.5
+    _assert_exact(queries, points, 1)
+    # the same values in a new tensor, and the new values again
+    _assert_exact(queries, points.clone(), 1)
+    _assert_exact(queries + 0.25, points, 1)
+
+
 def test_a_point_set_queried_against_itself_finds_itself_first():
     generator = torch.Generator().manual_seed(7)
     points = _random(6000, generator)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import weakref
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +37,9 @@ _DESCENT_CHUNK = 1 << 16
 # level (at most this many blocks): the nearest gives the walk a bound from its first block. (The
 # PyTorch descent bounds itself level by level; on the CPU the comparison cost more than it saved.)
 _REPRESENTATIVES = 4096
+# Grids of the last point sets searched, reused while the same tensor is searched unchanged: a
+# Chamfer term searches the same target points at every evaluation of an episode.
+_RECENT_GRIDS: deque[tuple[weakref.ref, int, int, _Grid]] = deque(maxlen=4)
 
 
 @torch.no_grad()
@@ -131,6 +136,20 @@ class _Grid:
         # Rounding in the cell assignment may put a point up to a few ulp outside its cell.
         scale = max(abs(v) for v in [*self.lower.tolist(), *(points.max(dim=0).values.tolist())])
         self.slack = 64 * torch.finfo(points.dtype).eps * (scale + self.cell)
+        self._levels: list[_Level] | None = None
+        self._depth_first: tuple[torch.Tensor, ...] | None = None
+
+    def levels(self) -> list[_Level]:
+        """The Morton levels above the cells, for the descent (built at the first call)."""
+        if self._levels is None:
+            self._levels = _levels(self, _TOP_BLOCKS)
+        return self._levels
+
+    def depth_first(self) -> tuple[torch.Tensor, ...]:
+        """The levels' blocks in depth-first order, for the Triton walk (built at the first call)."""
+        if self._depth_first is None:
+            self._depth_first = _depth_first_blocks(self.levels())
+        return self._depth_first
 
     def _shape(self, extent: list[float], cell: float | None = None) -> tuple[int, int, int]:
         cell = self.cell if cell is None else cell
@@ -242,7 +261,7 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
     from the nearest of one point per block of a coarse Morton level.
     """
     _check(queries, points, k)
-    grid = _Grid(points, k)
+    grid = _grid_of(points, k)
     u = grid.coordinates(queries)
     cell = torch.minimum(torch.floor(u).clamp_min(0).long(), grid.shape_tensor - 1)
     # queries sorted by cell read neighbouring memory
@@ -276,7 +295,7 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
         active = active[~done]
         radius += 1
         if k == 1 and grid.morton_bits <= _MORTON_BITS and active.numel():
-            levels = _levels(grid, _TOP_BLOCKS)
+            levels = grid.levels()
             if _kernel_available(queries):
                 from physmorph.surface.knn_kernel import nearest_by_traversal
 
@@ -288,7 +307,7 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
                     best_squared[active, 0],
                     best_index[active, 0],
                     grid.points,
-                    _depth_first_blocks(levels),
+                    grid.depth_first(),
                     grid.cell,
                     float(grid.slack),
                 )
@@ -304,6 +323,35 @@ def grid_nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) 
     indices[query_order] = grid.order[best_index]
     distances[query_order] = (points[indices[query_order]] - sorted_queries[:, None, :]).norm(dim=-1)
     return distances, indices
+
+
+def _grid_of(points: torch.Tensor, k: int) -> _Grid:
+    """The grid of `points` for k neighbours: a recent one if this tensor was searched before and
+    has not changed since (same object, same in-place version), else a new one."""
+    for reference, version, neighbours, grid in _RECENT_GRIDS:
+        if reference() is points and version == points._version and neighbours == k:
+            return grid
+    grid = _Grid(points, k)
+    _RECENT_GRIDS.appendleft((weakref.ref(points), points._version, k, grid))
+    return grid
+
+
+def launch_kernels(like: torch.Tensor) -> None:
+    """Launch both k = 1 kernels once on a few points of `like`'s dtype and device, as a search
+    does (what physmorph.mpm.fused.warmup records to compile them ahead of the first search);
+    nothing where they would not run."""
+    if not _kernel_available(like):
+        return
+    from physmorph.surface.knn_kernel import nearest_by_traversal, nearest_in_neighbouring_cells
+
+    points = torch.linspace(0.0, 1.0, 3 * 64, dtype=like.dtype, device=like.device).reshape(64, 3)
+    grid = _Grid(points, 1)
+    nearest_in_neighbouring_cells(grid.points, grid.cells, grid.points, grid.counts, grid.starts, grid.shape)
+    best_squared = torch.full((64,), torch.inf, dtype=like.dtype, device=like.device)
+    best_index = torch.zeros(64, dtype=torch.int64, device=like.device)
+    tree = _depth_first_blocks(_levels(grid, _TOP_BLOCKS))
+    coordinates = grid.coordinates(grid.points)
+    nearest_by_traversal(grid.points, coordinates, best_squared, best_index, grid.points, tree, grid.cell, 0.0)
 
 
 def _kernel_available(queries: torch.Tensor) -> bool:
