@@ -11,7 +11,9 @@ the next starts from its first state with half the learning rate). Adam uses the
 always runs on the reference's own mass loss. `--refine K` runs the config at simulation.refine K
 (dx / K, dt / K, K times the steps: K = 2 gives 89,159 particles, K = 4 713,788).
 `--cold` times a first Adam episode on an empty Triton cache (a new temporary TRITON_CACHE_DIR,
-as on a new machine: the kernels compile at their first launch, inside the episode), and stops.
+as on a new machine): physmorph.mpm.fused.warmup's compile in threads with each kernel's compile
+seconds, then the episode, and stops (`--no-warm-up`: the kernels compile at their first launch,
+inside the episode).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from physmorph.config import MorphConfig, UnusedKeysWarning, config_from_mapping, config_to_mapping, load_config
 from physmorph.losses import chamfer_distance
+from physmorph.mpm.fused.warmup import start_warm_up
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam, optimize_reference
 from physmorph.optimize.run import ends_no_farther
 from physmorph.optimize.setup import MorphSetup, build_setup
@@ -50,6 +53,7 @@ def main() -> None:
         "--scale", type=float, default=1.0, help="shrink the pair by S, box ±(16 S + 1): a cheap proxy (S = 0.5)"
     )
     parser.add_argument("--cold", action="store_true", help="first episode on an empty Triton cache, then stop")
+    parser.add_argument("--no-warm-up", action="store_true", help="with --cold: compile at first launch instead")
     arguments = parser.parse_args()
     if arguments.cold:
         # before anything compiles; Triton reads the variable when it opens its cache
@@ -85,7 +89,7 @@ def main() -> None:
         f"dx {config.simulation.grid_dx:g}, dt {config.simulation.dt:.4g} s, {config.optimization.num_timesteps} steps"
     )
     if arguments.cold:
-        cold_first_episode(setup, config)
+        cold_first_episode(setup, config, arguments.no_warm_up)
         return
     header = ("optimizer", "episode", "seconds", "mass loss before→after", "Chamfer before→after", "rate", "kept")
     print(" | ".join(f"{h:>{w}}" for h, w in zip(header, (10, 7, 8, 24, 21, 6, 4))))
@@ -128,10 +132,17 @@ def main() -> None:
                 settings = replace(settings, learning_rate=0.5 * settings.learning_rate)
 
 
-def cold_first_episode(setup: MorphSetup, config: MorphConfig) -> None:
-    """Print the first Adam episode's seconds, Triton's compile of the fused kernels included."""
+def cold_first_episode(setup: MorphSetup, config: MorphConfig, compile_at_launch: bool) -> None:
+    """Print the warm-up's per-kernel compile seconds and wall time, then the first Adam episode's."""
     device = setup.initial.positions.device
     print(f"TRITON_CACHE_DIR={os.environ['TRITON_CACHE_DIR']} (empty); {os.cpu_count()} CPU cores")
+    start = time.perf_counter()
+    warm_up = None if compile_at_launch else start_warm_up(setup.model, setup.initial.positions.dtype, device)
+    seconds = warm_up.wait() if warm_up is not None else {}
+    warm_up_seconds = time.perf_counter() - start
+    for name, compile_seconds in sorted(seconds.items(), key=lambda item: -item[1]):
+        print(f"{name.rsplit('.', 1)[1]:>32} {compile_seconds:6.1f} s compile")
+    print(f"warm-up: {warm_up_seconds:.1f} s wall, {len(seconds)} variants in threads")
     problem = EpisodeProblem.of(setup, setup.initial, config.optimization)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -37,12 +37,12 @@ from physmorph.io.run_folder import (
 from physmorph.io.video import write_video
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import State
-from physmorph.mpm.fused import supports_fused
+from physmorph.mpm.fused.warmup import start_warm_up
 from physmorph.optimize.e2e import E2EResult
 from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
 from physmorph.optimize.memory import check_fits, peak_bytes, render_bytes
-from physmorph.optimize.setup import MorphSetup, build_setup, resolve_device
+from physmorph.optimize.setup import MorphSetup, build_setup, make_material, model_of, resolve_device
 from physmorph.optimize.views import mesh_images, render_frames, render_settings, turntable
 from physmorph.surface import SurfaceBinding
 
@@ -157,6 +157,12 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                 f"cannot resume '{paths.root}' with a different config: {', '.join(changed)} differ from the "
                 "run's; resume with its config or use another --out folder"
             )
+    warm_up = None
+    if settings.backend != "torch" and device.type == "cuda":
+        # the GPU kernels compile in threads while the bodies are filled and the views set up
+        no_particles = torch.zeros(0, dtype=dtype, device=device)
+        material = make_material(config.simulation, dtype, device)
+        warm_up = start_warm_up(model_of(config.simulation, material, no_particles, no_particles), dtype, device)
     setup = build_setup(config, device, dtype)
     if summary is None:
         summary = {
@@ -189,12 +195,11 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         binding = context.binding
     else:
         binding = setup.bind_source_surface(config.surface)
-    if progress and settings.backend != "torch" and supports_fused(state, setup.model):
-        # otherwise the first progress step sits silent for as long as compilation takes
-        tqdm.write(
-            "fused GPU kernels: the first episode compiles them (about 15 s on a new machine; "
-            "Triton caches them for later runs)"
-        )
+    if warm_up is not None:
+        if progress:
+            # otherwise the first progress step sits silent for as long as compilation takes
+            tqdm.write(f"GPU kernels: compiling {len(warm_up.names)} in parallel (Triton caches them for later runs)")
+        warm_up.wait()
     learning_rate = next_learning_rate(summary["episodes"], settings.learning_rate)
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)

@@ -127,12 +127,18 @@ def build_body(shape: ShapeConfig, base_dir: Path, which: str) -> trimesh.Trimes
 
 def make_model(simulation: SimulationConfig, points: MaterialPoints, material: Material) -> Model:
     """The MPM model of `points`, with the grid-based rest-volume estimate of SPEC §2."""
-    grid = make_grid(simulation)
-    volumes = grid_volume_estimate(points.positions, points.masses, grid, simulation.kernel)
+    volumes = grid_volume_estimate(points.positions, points.masses, make_grid(simulation), simulation.kernel)
+    return model_of(simulation, material, points.volumes, volumes)
+
+
+def model_of(
+    simulation: SimulationConfig, material: Material, lattice_volumes: torch.Tensor, volumes: torch.Tensor
+) -> Model:
+    """The MPM model of `simulation` for particles of these lattice and rest volumes [N]."""
     return Model(
-        grid=grid,
+        grid=make_grid(simulation),
         material=material,
-        lattice_volumes=points.volumes,
+        lattice_volumes=lattice_volumes,
         volumes=volumes,
         dt=simulation.dt,
         drag=simulation.drag,
