@@ -58,6 +58,8 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
     )
     if args.control_spacing is not None:
         optimization["control_spacing"] = args.control_spacing
+    if args.iterations is not None:
+        optimization["iterations"] = args.iterations
     mapping["sampling"] = {"runtime_surface": {"M": args.gaussians}}
     mapping["e2e"] = {
         "num_train_views": args.views,
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument(
         "--control-spacing", type=float, default=None, help="optimization.control_spacing, grid units (default: auto)"
     )
+    parser.add_argument("--iterations", type=int, default=None, help="optimization.iterations for every variant")
     parser.add_argument(
         "--e2e-control-spacing",
         type=float,
