@@ -139,3 +139,35 @@ def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
     assert result["failed"]
     assert result["failure_warnings"] == ["WarmUpWarning"]
     assert result["rebuilds"] == 1
+
+
+GPU_SCRIPT = """
+import json
+import warnings
+
+import torch
+
+from physmorph.mpm.fused import warmup
+from tests.mpm.test_fused import _model, _setup
+
+warnings.simplefilter("error", warmup.WarmUpWarning)  # a variant that failed to compile or load fails the test
+grid, t, b = _setup("near_identity", torch.float32, "cuda", n=50, boundary="sticky")
+started = warmup.start_warm_up(_model(grid, t, b), torch.float32, torch.device("cuda"))  # no index, as run_morph
+seconds = started.wait()
+again = warmup.start_warm_up(_model(grid, t, b), torch.float32, torch.device("cuda"))
+print(json.dumps({"names": sorted(started.names), "timed": sorted(seconds), "again": again is None}))
+"""
+
+
+@pytest.mark.gpu
+def test_warm_up_compiles_and_loads_every_variant_on_cuda(tmp_path: Path) -> None:
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+        "TRITON_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    done = subprocess.run([sys.executable, "-c", GPU_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["names"]) == 9, result["names"]  # 7 fused-step kernels and the 2 k-NN kernels
+    assert result["timed"] == sorted(set(result["names"]))
+    assert result["again"]

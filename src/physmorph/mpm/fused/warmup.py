@@ -95,6 +95,9 @@ def start_warm_up(model: Model, dtype: torch.dtype, device: torch.device, worker
         return None
     from physmorph.mpm.fused import supports_fused
 
+    if device.type == "cuda" and device.index is None:
+        # the threads make this device current to load the kernels: it needs its index
+        device = torch.device("cuda", torch.cuda.current_device())
     state, probe = _probe(model, dtype, device)
     if not supports_fused(state, probe):
         return None
