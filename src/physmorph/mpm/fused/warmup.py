@@ -66,6 +66,10 @@ class WarmUp:
 
     def wait(self) -> dict[str, float]:
         """Compile seconds of each variant (by name) once every thread has finished; failures warn, never raise."""
+        # An optimiser's first construction imports torch._dynamo (torch.optim's add_param_group is
+        # dynamo-disabled): 1.6 s on a 2-core CPU, 2-4 s of the first episode on a new H200 host
+        # (no .pyc files there). Here it overlaps the compiles' time outside the GIL instead.
+        importlib.import_module("torch._dynamo")
         seconds: dict[str, float] = {}
         failed: dict[str, str] = {}
         for name, future in zip(self.names, self.futures):
