@@ -61,6 +61,8 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
     if args.iterations is not None:
         optimization["iterations"] = args.iterations
     mapping["sampling"] = {"runtime_surface": {"M": args.gaussians}}
+    if args.surface_deformation is not None:
+        mapping["sampling"]["runtime_surface"]["deformation"] = args.surface_deformation
     mapping["e2e"] = {
         "num_train_views": args.views,
         "num_heldout_views": args.views,
@@ -152,6 +154,12 @@ def main() -> None:
         "--control-spacing", type=float, default=None, help="optimization.control_spacing, grid units (default: auto)"
     )
     parser.add_argument("--iterations", type=int, default=None, help="optimization.iterations for every variant")
+    parser.add_argument(
+        "--surface-deformation",
+        choices=["measured", "state"],
+        default=None,
+        help="sampling.runtime_surface.deformation for every variant (training and scoring)",
+    )
     parser.add_argument(
         "--e2e-control-spacing",
         type=float,

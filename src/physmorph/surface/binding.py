@@ -13,6 +13,7 @@ from physmorph.errors import InputError
 from physmorph.surface.config import SurfaceConfig
 from physmorph.surface.implicit import implicit_surface
 from physmorph.surface.knn import nearest_neighbors
+from physmorph.surface.measured_deformation import NeighbourhoodFrames, neighbourhood_frames
 from physmorph.surface.mesh_sampling import MeshSurface
 
 # Neighbours whose mean distance is a particle's spacing (6 = the faces of a lattice cell).
@@ -46,6 +47,9 @@ class SurfaceBinding:
     normal_scales:    [M] σ_n, its std across the surface (σ_n ≤ σ_t: a thin disc), grid units
     interpolation:    sparse CSR [M, N] holding the weights (the per-frame product)
     interpolation_t:  sparse CSR [N, M], its transpose (the backward product)
+    frames:           each particle's neighbourhood at binding time, when the surfels follow
+                      the deformation measured from the positions (SurfaceConfig.deformation
+                      "measured"); None: they follow the state's F
     """
 
     neighbor_indices: torch.Tensor
@@ -56,6 +60,7 @@ class SurfaceBinding:
     normal_scales: torch.Tensor
     interpolation: torch.Tensor
     interpolation_t: torch.Tensor
+    frames: NeighbourhoodFrames | None = None
 
     @property
     def count(self) -> int:
@@ -79,6 +84,7 @@ class SurfaceBinding:
             normal_scales=self.normal_scales.to(device, dtype),
             interpolation=self.interpolation.to(device, dtype),
             interpolation_t=self.interpolation_t.to(device, dtype),
+            frames=None if self.frames is None else self.frames.to(device, dtype),
         )
 
 
@@ -149,7 +155,9 @@ def bind_surface(
       3. the k_F nearest particles of each centre with kernel weights exp(-(d / (h_mul h))²),
          normalised; the rest offset r = F̄⁻¹ (μ − x̄) and material normal N ∝ F̄ᵀ n;
       4. σ_t = `sigma0`, or `coverage`·sqrt(area / M) (discs that overlap enough to close the
-         surface), and σ_n = `flatness`·σ_t.
+         surface), and σ_n = `flatness`·σ_t;
+      5. with `deformation` "measured", each particle's nearest `deformation_neighbors` at rest,
+         for the F fitted to their motion (`measured_deformation`).
     Randomness comes from `generator` (default: a CPU generator seeded with `config.seed`, so
     the same Gaussians come out on every device). No gradient. Returns a SurfaceBinding on
     x_rest's device and dtype.
@@ -218,6 +226,9 @@ def bind_surface(
         normal_scales=(config.flatness * tangent_scales).to(dtype),
         interpolation=matrix.to(dtype=dtype),
         interpolation_t=transpose.to(dtype=dtype),
+        frames=neighbourhood_frames(x_rest, F_rest, config.deformation_neighbors)
+        if config.deformation == "measured"
+        else None,
     )
 
 

@@ -9,6 +9,7 @@ from physmorph.mpm.materials import cofactor
 from physmorph.surface.binding import SurfaceBinding, _check_state, bind_surface
 from physmorph.surface.config import SurfaceConfig
 from physmorph.surface.gaussians import Gaussians
+from physmorph.surface.measured_deformation import measured_deformation
 
 # Σ = F̄ Σ₀ F̄ᵀ + _SPD_EPSILON σ_t² I: keeps Σ strictly positive definite even for a singular F̄,
 # at a relative cost of 1e-6 in variance.
@@ -46,7 +47,9 @@ def synthesize_surface(
 ) -> Gaussians:
     """The bound Gaussians of particle state (x, F); differentiable in x and F.
 
-    x: [N, 3] particle positions, grid units; F: [N, 3, 3] deformation gradients. With the
+    x: [N, 3] particle positions, grid units; F: [N, 3, 3] deformation gradients. A binding
+    with neighbourhood frames (SurfaceConfig.deformation "measured") replaces F by the
+    deformation the positions show (`measured_deformation`; F is then unused). With the
     binding's fixed kernel weights w (rows sum to 1), per Gaussian:
       x̄ = Σ_k w_k x_k,  F̄ = Σ_k w_k F_k                  (one sparse product for both)
       μ = x̄ + F̄ r                                        (r: rest offset, material frame)
@@ -68,6 +71,8 @@ def synthesize_surface(
     if binding.rest_offsets.device != x.device or binding.rest_offsets.dtype != x.dtype:
         binding = binding.to(x.device, x.dtype)
     n = x.shape[0]
+    if binding.frames is not None:
+        F = measured_deformation(x, binding.frames)
     stacked = torch.cat((x, F.reshape(n, 9).to(x.dtype)), dim=1)
     averaged = _SparseRows.apply(stacked, binding.interpolation, binding.interpolation_t)
     x_mean = averaged[:, :3]
