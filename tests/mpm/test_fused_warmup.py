@@ -114,18 +114,22 @@ print(json.dumps({
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton)")
-def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
+def _run_child(script: str, tmp_path: Path, extra_env: dict[str, str] | None = None) -> dict:
+    """Run `script` in a child Python on an empty Triton cache; return the JSON of its last line."""
     env = os.environ | {
         # the caller's path after the repository's, so a Triton installed beside the venv's is the one tested
         "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
         "TRITON_CACHE_DIR": str(tmp_path / "cache"),
-        "TRITON_DEFAULT_FP_FUSION": "1",
-        "TRITON_INTERPRET": "0",
+        **(extra_env or {}),
     }
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton)")
+def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
+    result = _run_child(SCRIPT, tmp_path, {"TRITON_DEFAULT_FP_FUSION": "1", "TRITON_INTERPRET": "0"})
     kernels = ["cell_keys", "g2p_backward", "g2p_forward", "grid_backward", "grid_velocity", "p2g_backward"]
     search = ["_nearest_by_traversal", "_nearest_in_neighbouring_cells"]
     assert result["names"] == sorted([*kernels, "p2g_forward", *search])
@@ -161,13 +165,7 @@ print(json.dumps({"names": sorted(started.names), "timed": sorted(seconds), "aga
 
 @pytest.mark.gpu
 def test_warm_up_compiles_and_loads_every_variant_on_cuda(tmp_path: Path) -> None:
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
-        "TRITON_CACHE_DIR": str(tmp_path / "cache"),
-    }
-    done = subprocess.run([sys.executable, "-c", GPU_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _run_child(GPU_SCRIPT, tmp_path)
     assert len(result["names"]) == 9, result["names"]  # 7 fused-step kernels and the 2 k-NN kernels
     assert result["timed"] == sorted(set(result["names"]))
     assert result["again"]

@@ -349,9 +349,10 @@ def launch_kernels(like: torch.Tensor) -> None:
     nearest_in_neighbouring_cells(grid.points, grid.cells, grid.points, grid.counts, grid.starts, grid.shape)
     best_squared = torch.full((64,), torch.inf, dtype=like.dtype, device=like.device)
     best_index = torch.zeros(64, dtype=torch.int64, device=like.device)
-    tree = _depth_first_blocks(_levels(grid, _TOP_BLOCKS))
     coordinates = grid.coordinates(grid.points)
-    nearest_by_traversal(grid.points, coordinates, best_squared, best_index, grid.points, tree, grid.cell, 0.0)
+    nearest_by_traversal(
+        grid.points, coordinates, best_squared, best_index, grid.points, grid.depth_first(), grid.cell, 0.0
+    )
 
 
 def _kernel_available(queries: torch.Tensor) -> bool:
