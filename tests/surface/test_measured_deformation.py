@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from physmorph.surface import SurfaceConfig, bind_surface, synthesize_surface
@@ -72,3 +73,19 @@ def test_surfels_follow_the_positions_when_the_state_F_lags_behind():
     torch.testing.assert_close(following.means, exact.means)
     torch.testing.assert_close(following.covariances, exact.covariances)
     assert (lagging.means - exact.means).norm(dim=1).max() > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_frames_of_a_dx_half_body_match_the_cpu():
+    # ~90k particles: the size at which CUDA's batched eigensolver failed inside pinv
+    generator = torch.Generator().manual_seed(3)
+    rest = torch.rand(90_000, 3, generator=generator, dtype=torch.float32) * 30.0
+    gradients = identity_gradients(rest.shape[0]).float()
+    on_gpu = neighbourhood_frames(rest.cuda(), gradients.cuda(), 12)
+    on_cpu = neighbourhood_frames(rest, gradients, 12)
+    assert on_gpu.inverse_moments.is_cuda
+    moved = rest @ torch.tensor([[1.3, 0.1, 0.0], [0.0, 0.9, 0.2], [0.0, 0.0, 1.1]]).T
+    torch.testing.assert_close(
+        measured_deformation(moved.cuda(), on_gpu).cpu(), measured_deformation(moved, on_cpu), atol=1e-4, rtol=1e-4
+    )

@@ -64,7 +64,9 @@ def neighbourhood_frames(x_rest: torch.Tensor, F_rest: torch.Tensor, k: int) -> 
     _, neighbors = nearest_neighbors(x, x, min(k, x.shape[0]))
     differences = x[neighbors] - x[:, None, :]
     moments = differences.transpose(1, 2) @ differences
-    inverse = torch.linalg.pinv(moments, rtol=_FLAT, hermitian=True)
+    # On the CPU: cuSOLVER's batched eigensolver behind pinv fails with an internal error on
+    # CUDA at ~90k particles (H200, torch 2.11), and N 3×3 solves once per binding are cheap here.
+    inverse = torch.linalg.pinv(moments.cpu(), rtol=_FLAT, hermitian=True).to(x.device)
     eye = torch.eye(3, dtype=torch.float64, device=x.device)
     null = eye - moments @ inverse
     dtype = x_rest.dtype
