@@ -75,7 +75,8 @@ class SurfaceConfig:
     # nearest `deformation_neighbors` moved (surface.measured_deformation). The physics-only
     # isosphere → bunny morph (reference config, 3 episodes, 256², CPU) renders with held-out
     # silhouette error 0.142 through "state" and 0.120 through "measured", without its cracks;
-    # e2e training through "measured" is not yet tuned (BENCHMARKS.md, issue 13), hence the default.
+    # at dx 0.5, though, "measured" renders it twice as far from the bunny (0.289 against 0.156,
+    # H200, 512²), and e2e gains less through it at dx 1 (BENCHMARKS.md, issue 13), hence the default.
     deformation: Literal["measured", "state"] = "state"
     deformation_neighbors: int = 12
 
