@@ -63,6 +63,9 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
     mapping["sampling"] = {"runtime_surface": {"M": args.gaussians}}
     if args.surface_deformation is not None:
         mapping["sampling"]["runtime_surface"]["deformation"] = args.surface_deformation
+    for item in args.surface:
+        key, _, value = item.partition("=")
+        mapping["sampling"]["runtime_surface"][key] = yaml.safe_load(value)
     mapping["e2e"] = {
         "num_train_views": args.views,
         "num_heldout_views": args.views,
@@ -159,6 +162,13 @@ def main() -> None:
         choices=["measured", "state"],
         default=None,
         help="sampling.runtime_surface.deformation for every variant (training and scoring)",
+    )
+    parser.add_argument(
+        "--surface",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling.runtime_surface keys for every variant (training and scoring), e.g. k_F=128",
     )
     parser.add_argument(
         "--e2e-control-spacing",
