@@ -20,6 +20,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
+import yaml
 
 from e2e_quality import MESHES, base_mapping
 from physmorph.config import config_from_mapping
@@ -35,7 +36,7 @@ from physmorph.optimize.views import render_settings
 
 # name: sampling.runtime_surface keys that differ from the defaults
 BINDINGS = {
-    "state F, k_F 32 (default)": {},
+    "default": {},  # state F, k_F 32
     "state F, k_F 8": {"k_F": 8},
     "state F, k_F 128": {"k_F": 128},
     "state F, h_mul 1.0": {"h_mul": 1.0},
@@ -54,6 +55,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--gaussians", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=Path("outputs/render_binding"))
+    parser.add_argument("--bindings", nargs="*", default=list(BINDINGS), help="names of the bindings scored")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config values for the morph, e.g. optimization.chamfer_weight=500",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # the bunny mesh's small holes are reported at every fill
     device = resolve_device(args.device)
@@ -76,10 +85,18 @@ def main() -> None:
     for target in args.targets:
         for dx in args.dx:
             mapping = base_mapping(morph_args, target, dx)
+            for item in args.set:
+                path, _, value = item.partition("=")
+                *sections, key = path.split(".")
+                section = mapping
+                for name in sections:
+                    section = section.setdefault(name, {})
+                section[key] = yaml.safe_load(value)
             with tempfile.TemporaryDirectory() as scratch:
                 run_morph(config_from_mapping(mapping), scratch, progress=False)
                 rows, labels = [], []
-                for name, keys in BINDINGS.items():
+                for name in args.bindings:
+                    keys = BINDINGS[name]
                     variant = copy.deepcopy(mapping)
                     variant["sampling"]["runtime_surface"].update(keys)
                     config = config_from_mapping(variant)
