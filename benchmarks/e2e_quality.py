@@ -63,9 +63,7 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
     mapping["sampling"] = {"runtime_surface": {"M": args.gaussians}}
     if args.surface_deformation is not None:
         mapping["sampling"]["runtime_surface"]["deformation"] = args.surface_deformation
-    for item in args.surface:
-        key, _, value = item.partition("=")
-        mapping["sampling"]["runtime_surface"][key] = yaml.safe_load(value)
+    set_values(mapping, args.surface, "sampling.runtime_surface")
     mapping["e2e"] = {
         "num_train_views": args.views,
         "num_heldout_views": args.views,
@@ -73,6 +71,17 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
         "height": args.size,
     }
     return mapping
+
+
+def set_values(mapping: dict, items: list[str], prefix: str = "") -> None:
+    """Set each `SECTION.KEY=VALUE` of `items` (under the dotted `prefix`) in `mapping`, the value read as YAML."""
+    for item in items:
+        path, _, value = item.partition("=")
+        *sections, key = f"{prefix}.{path}".strip(".").split(".")
+        section = mapping
+        for name in sections:
+            section = section.setdefault(name, {})
+        section[key] = yaml.safe_load(value)
 
 
 def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Path) -> dict[str, dict]:

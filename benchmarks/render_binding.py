@@ -20,9 +20,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
-import yaml
 
-from e2e_quality import MESHES, base_mapping
+from e2e_quality import MESHES, base_mapping, set_values
 from physmorph.config import config_from_mapping
 from physmorph.io.figures import labelled_panels
 from physmorph.io.run_folder import RunPaths
@@ -85,38 +84,29 @@ def main() -> None:
     for target in args.targets:
         for dx in args.dx:
             mapping = base_mapping(morph_args, target, dx)
-            for item in args.set:
-                path, _, value = item.partition("=")
-                *sections, key = path.split(".")
-                section = mapping
-                for name in sections:
-                    section = section.setdefault(name, {})
-                section[key] = yaml.safe_load(value)
+            set_values(mapping, args.set)
+            config = config_from_mapping(mapping)
+            # the bodies, the views and the final state do not depend on the binding: made once
+            setup = build_setup(config, device)
+            views = MeshViews.build(config, setup)
+            settings = render_settings(config)
+            truth = views.heldout.alpha
             with tempfile.TemporaryDirectory() as scratch:
-                run_morph(config_from_mapping(mapping), scratch, progress=False)
+                run_morph(config, scratch, progress=False)
+                final = load_state(
+                    RunPaths(Path(scratch)).state(args.episodes - 1), device, setup.initial.num_particles
+                )
+                chamfer = chamfer_distance(final.positions, setup.target_points).item()
                 rows, labels = [], []
                 for name in args.bindings:
-                    keys = BINDINGS[name]
                     variant = copy.deepcopy(mapping)
-                    variant["sampling"]["runtime_surface"].update(keys)
-                    config = config_from_mapping(variant)
-                    setup = build_setup(config, device)
-                    final = load_state(
-                        RunPaths(Path(scratch)).state(args.episodes - 1), device, setup.initial.num_particles
-                    )
-                    views = MeshViews.build(config, setup)
-                    binding = setup.bind_source_surface(config.surface)
+                    variant["sampling"]["runtime_surface"].update(BINDINGS[name])
+                    binding = setup.bind_source_surface(config_from_mapping(variant).surface)
                     with torch.no_grad():
                         _, images = render_state(
-                            final.positions,
-                            final.deformation_gradients,
-                            binding,
-                            views.heldout.cameras,
-                            render_settings(config),
+                            final.positions, final.deformation_gradients, binding, views.heldout.cameras, settings
                         )
-                    truth = views.heldout.alpha.to(images.alpha)
-                    error = 1 - float(silhouette_iou(images.alpha, truth).mean())
-                    chamfer = chamfer_distance(final.positions, setup.target_points).item()
+                    error = 1 - float(silhouette_iou(images.alpha, truth.to(images.alpha)).mean())
                     print(f"| isosphere → {target} | {dx:g} | {chamfer:.3f} | {name} | {error:.4f} |", flush=True)
                     alpha = images.alpha[:2].clamp(0, 1).cpu().numpy()
                     rows.append([np.repeat(a[..., None], 3, axis=2) for a in alpha])
