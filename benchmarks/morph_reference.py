@@ -13,7 +13,8 @@ always runs on the reference's own mass loss. `--refine K` runs the config at si
 `--cold` times a first Adam episode on an empty Triton cache (a new temporary TRITON_CACHE_DIR,
 as on a new machine): physmorph.mpm.fused.warmup's compile in threads with each kernel's compile
 seconds, then the episode, and stops (`--no-warm-up`: the kernels compile at their first launch,
-inside the episode).
+inside the episode). On CUDA, Adam's evaluations replay CUDA graphs (physmorph.optimize.graphs;
+the first episode includes their capture); `--no-cuda-graph` launches every kernel instead.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main() -> None:
     )
     parser.add_argument("--cold", action="store_true", help="first episode on an empty Triton cache, then stop")
     parser.add_argument("--no-warm-up", action="store_true", help="with --cold: compile at first launch instead")
+    parser.add_argument(
+        "--no-cuda-graph", action="store_true", help="adam: launch every kernel (optimization.cuda_graph false)"
+    )
     arguments = parser.parse_args()
     if arguments.cold:
         # before anything compiles; Triton reads the variable when it opens its cache
@@ -71,6 +75,7 @@ def main() -> None:
         config.optimization.chamfer_weight = arguments.chamfer_weight
     if arguments.iterations is not None:
         config.optimization.iterations = arguments.iterations
+    config.optimization.cuda_graph = not arguments.no_cuda_graph
     if arguments.scale != 1.0:
         config.source.scale = config.target.scale = arguments.scale
         half = 16.0 * arguments.scale + 1.0  # the walls need 3 cells beside the shrunk bunny at dx = 1

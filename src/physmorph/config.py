@@ -206,6 +206,9 @@ class OptimizationConfig:
     dtype: Literal["float32", "float64"] = "float32"
     checkpoint_steps: bool = False  # recompute each step in backward (memory O(T·state))
     backend: Literal["auto", "torch", "triton"] = "auto"  # MPM step implementation
+    # adam on CUDA: capture an iteration's rollout, loss and gradient as CUDA graphs, replayed by
+    # every iteration of the run (optimize.graphs); false: launch every kernel from Python
+    cuda_graph: bool = True
 
     def validate(self) -> None:
         o = "optimization"

@@ -131,7 +131,7 @@ def _run_child(script: str, tmp_path: Path, extra_env: dict[str, str] | None = N
 def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
     result = _run_child(SCRIPT, tmp_path, {"TRITON_DEFAULT_FP_FUSION": "1", "TRITON_INTERPRET": "0"})
     kernels = ["cell_keys", "g2p_backward", "g2p_forward", "grid_backward", "grid_velocity", "p2g_backward"]
-    search = ["_nearest_by_traversal", "_nearest_in_neighbouring_cells"]
+    search = ["_nearest_by_traversal", "_nearest_in_neighbouring_cells", "_nearest_of_all"]
     assert result["names"] == sorted([*kernels, "p2g_forward", *search])
     assert result["keys_match"]
     assert all(result["cached"])

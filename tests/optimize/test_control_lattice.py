@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from physmorph.config import config_from_mapping
@@ -46,6 +47,24 @@ def test_interpolation_gradcheck():
     weights = control_lattice_weights(torch.rand(20, 3, generator=g, dtype=F64), 0.4)
     rates = torch.randn(2, weights.shape[1], 3, 3, generator=g, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda r: interpolate_rates(weights, r), (rates,))
+
+
+@pytest.mark.gpu
+def test_gpu_corner_sum_matches_the_cpu_sparse_product_and_its_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    weights = control_lattice_weights(torch.rand(3000, 3, generator=g, dtype=F64) * 6.0, 1.0)
+    rates = torch.randn(3, weights.shape[1], 3, 3, generator=g, dtype=F64, requires_grad=True)
+    probe = torch.randn(3, 3000, 3, 3, generator=g, dtype=F64)
+    (interpolate_rates(weights, rates) * probe).sum().backward()
+    expected, expected_gradient = interpolate_rates(weights, rates).detach(), rates.grad.clone()
+    on_gpu = rates.detach().cuda().requires_grad_()
+    particles = interpolate_rates(weights.cuda(), on_gpu)
+    (particles * probe.cuda()).sum().backward()
+    torch.testing.assert_close(particles.detach().cpu(), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(on_gpu.grad.cpu(), expected_gradient, rtol=1e-12, atol=1e-12)
+    small = control_lattice_weights(torch.rand(20, 3, generator=g, dtype=F64), 0.4).cuda()
+    small_rates = torch.randn(2, small.shape[1], 3, 3, dtype=F64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r: interpolate_rates(small, r), (small_rates,))
 
 
 def test_auto_lattice_is_the_same_control_space_at_every_refinement():

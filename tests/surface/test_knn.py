@@ -123,14 +123,17 @@ def test_too_many_neighbours_is_an_input_error():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("k", [1, 9])
-def test_gpu_grid_search_matches_brute_force(k):
+@pytest.mark.parametrize(
+    ("k", "search"), [(1, grid_nearest_neighbors), (9, grid_nearest_neighbors), (1, nearest_neighbors)]
+)
+def test_gpu_search_matches_brute_force(k, search):
+    # nearest_neighbors for k = 1 at these sizes: the all-pairs kernel
     generator = torch.Generator().manual_seed(4)
     points = torch.rand(20000, 3, generator=generator)
     queries = torch.cat((torch.rand(3000, 3, generator=generator), torch.randn(300, 3, generator=generator) * 5))
     lattice = torch.cartesian_prod(*[torch.arange(24.0)] * 3) * 0.5
     for q, p in ((queries, points), (lattice[::5] + 0.25, lattice), (queries, torch.ones(6000, 3))):
-        distances, indices = nearest_neighbors(q.cuda(), p.cuda(), k)
+        distances, indices = search(q.cuda(), p.cuda(), k)
         assert distances.is_cuda and indices.is_cuda
         # relative, as on the CPU: the far queries lie ~20 units out, where one float32 ulp is 2e-6
         # and the GPU's and the CPU's norms may differ by an ulp or two

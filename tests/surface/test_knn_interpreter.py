@@ -51,3 +51,39 @@ def test_k1_kernels_in_the_interpreter_match_the_all_pairs_search():
     result = _interpret(SCRIPT)
     # the far queries, the two bodies and the hollow sphere leave queries open for the walk
     assert result == {"checked": 14, "kernel_calls": 14, "walks": 6}, result
+
+
+# Runs in a child process, as above: nearest_neighbors takes the all-pairs kernel for k = 1.
+ALL_PAIRS_SCRIPT = """
+import json
+import torch
+import physmorph.surface.knn_kernel as kernel
+from physmorph.surface.knn import nearest_neighbors
+from tests.surface.test_knn import _assert_exact
+
+calls = []
+original = kernel.nearest_of_all
+kernel.nearest_of_all = lambda *args: calls.append(1) or original(*args)
+g = torch.Generator().manual_seed(5)
+lattice = torch.cartesian_prod(*[torch.arange(6.0)] * 3) * 0.5
+cases = {
+    "random, ragged blocks": (torch.rand(131, 3, generator=g), torch.rand(517, 3, generator=g)),
+    "lattice ties": (lattice[::5] + 0.25, lattice),
+    "coincident": (torch.rand(70, 3, generator=g), torch.ones(300, 3)),
+    "one point": (torch.rand(9, 3, generator=g), torch.rand(1, 3, generator=g)),
+}
+first_of_ties = True
+for dtype in (torch.float32, torch.float64):
+    for queries, points in cases.values():
+        queries, points = queries.to(dtype), points.to(dtype)
+        _assert_exact(queries, points, 1, search=nearest_neighbors)
+        squared = ((queries[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+        first_of_ties &= bool(torch.equal(nearest_neighbors(queries, points, 1)[1][:, 0], squared.argmin(dim=1)))
+print(json.dumps({"calls": len(calls), "first_of_ties": first_of_ties}))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (pip install triton)")
+def test_all_pairs_kernel_in_the_interpreter_finds_the_nearest_and_the_first_of_ties():
+    result = _interpret(ALL_PAIRS_SCRIPT)
+    assert result == {"calls": 16, "first_of_ties": True}, result

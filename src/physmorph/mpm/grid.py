@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from physmorph.device_constants import device_constant
 from physmorph.errors import ConfigError
 
 Kernel = Literal["cubic", "quadratic"]
@@ -116,8 +117,8 @@ def stencil(positions: torch.Tensor, grid: Grid, kernel: Kernel = "cubic") -> St
     """The B-spline stencil of particles at `positions` [N, 3] (grid units) on `grid`."""
     support = kernel_support(kernel)
     device, dtype = positions.device, positions.dtype
-    lower = torch.tensor(grid.min_corner, device=device, dtype=dtype)
-    dims = torch.tensor(grid.dims, device=device)
+    lower = device_constant(tuple(grid.min_corner), dtype, device)
+    dims = device_constant(tuple(grid.dims), torch.int64, device)
     local = (positions - lower) / grid.dx
     # The base node centres the particle in its stencil.
     if kernel == "cubic":

@@ -171,7 +171,6 @@ def simulate(
 
     state = initial.tensors
     history: list[tuple[torch.Tensor, ...]] = [state]
-    bad_counts = []
     for t in range(start_step, num_steps):
         control = None
         if deformation_controls is not None and t in control_at:
@@ -188,19 +187,28 @@ def simulate(
         else:
             state = advance(state, control, force)
         history.append(state)
-        if check_divergence:
-            with torch.no_grad():
-                bad = escaped(state[0], model.grid, model.kernel) | ~torch.isfinite(state[2]).all(dim=(-1, -2))
-                bad_counts.append(bad.sum())
         if on_step is not None:
             on_step(t)
-    if check_divergence and bad_counts:
-        _raise_if_diverged(torch.stack(bad_counts).tolist(), n, start_step)
-    return Trajectory(*(torch.stack(series) for series in zip(*history)))
+    trajectory = Trajectory(*(torch.stack(series) for series in zip(*history)))
+    if check_divergence and trajectory.num_steps:
+        raise_if_diverged(divergence_counts(trajectory, model).tolist(), n, start_step)
+    return trajectory
+
+
+@torch.no_grad()
+def divergence_counts(trajectory: Trajectory, model: Model) -> torch.Tensor:
+    """How many particles are non-finite or out of the grid after each step of `trajectory`, [T]
+    (computed on the device: reading it is the one host sync)."""
+    positions = trajectory.positions[1:]
+    steps, n = positions.shape[:2]
+    outside = escaped(positions.reshape(-1, 3), model.grid, model.kernel).reshape(steps, n)
+    return (outside | ~torch.isfinite(trajectory.deformation_gradients[1:]).all(dim=(-1, -2))).sum(dim=1)
 
 
 def _graph_does_not_fit(initial: State, model: Model, num_steps: int, fused: bool) -> bool:
     positions = initial.positions
+    if positions.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False  # a CUDA graph's rollout was sized before its capture (physmorph.optimize.graphs)
     needed = graph_bytes(initial.num_particles, num_steps, model.kernel, positions.element_size(), fused)
     free = free_memory(positions.device)
     if needed <= GRAPH_SHARE_OF_FREE * free:
@@ -215,7 +223,8 @@ def _graph_does_not_fit(initial: State, model: Model, num_steps: int, fused: boo
     return True
 
 
-def _raise_if_diverged(bad_counts: list[int], num_particles: int, start_step: int) -> None:
+def raise_if_diverged(bad_counts: list[int], num_particles: int, start_step: int) -> None:
+    """SimulationDiverged for the first step with a bad particle (`divergence_counts`), if any."""
     for t, count in enumerate(bad_counts):
         if count:
             raise SimulationDiverged(

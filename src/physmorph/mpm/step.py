@@ -6,6 +6,7 @@ import functools
 
 import torch
 
+from physmorph.device_constants import device_constant
 from physmorph.mpm.grid import Grid, Kernel, Stencil, affine_scale, kernel_support, stencil
 from physmorph.mpm.materials import first_piola_stress, jacobian
 from physmorph.mpm.plasticity import return_mapping
@@ -178,9 +179,9 @@ def step(
 
 def escaped(positions: torch.Tensor, grid: Grid, kernel: Kernel = "cubic") -> torch.Tensor:
     """[N] bool: particles that are non-finite or whose stencil leaves the grid."""
-    lower = torch.tensor(grid.min_corner, dtype=positions.dtype, device=positions.device)
+    lower = device_constant(tuple(grid.min_corner), positions.dtype, positions.device)
     local = (positions - lower) / grid.dx
-    dims = torch.tensor(grid.dims, dtype=positions.dtype, device=positions.device)
+    dims = device_constant(tuple(grid.dims), positions.dtype, positions.device)
     support = kernel_support(kernel)
     low_margin = 1.0 if kernel == "cubic" else 0.5
     inside = (local >= low_margin) & (local < dims - support + 1 + low_margin)

@@ -37,8 +37,22 @@ def control_lattice_weights(rest_positions: torch.Tensor, spacing: float) -> tor
 
 def interpolate_rates(weights: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
     """Per-particle rates [K, N, 3, 3] from lattice rates [K, L, 3, 3] through weights [N, L]
-    (differentiable in `rates`)."""
+    (differentiable in `rates`).
+
+    On CUDA, a sum over each particle's 8 corner nodes: it never waits for the host, so a CUDA
+    graph can capture it (physmorph.optimize.graphs). On the CPU, the sparse product: 2.6× faster
+    there than the corner sum, forward and backward at 89k particles.
+    """
     steps, nodes = rates.shape[:2]
     flat = rates.permute(1, 0, 2, 3).reshape(nodes, steps * 9)
-    particles = torch.sparse.mm(weights, flat)
+    if rates.is_cuda:
+        # the coalesced weights hold each row's 8 corners in order: these are views
+        weights = weights if weights.is_coalesced() else weights.coalesce()
+        n = weights.shape[0]
+        corners, corner_weights = weights.indices()[1].reshape(n, 8), weights.values().reshape(n, 8)
+        particles = flat.index_select(0, corners[:, 0]) * corner_weights[:, 0, None]
+        for corner in range(1, 8):
+            particles = particles + flat.index_select(0, corners[:, corner]) * corner_weights[:, corner, None]
+    else:
+        particles = torch.sparse.mm(weights, flat)
     return particles.reshape(-1, steps, 3, 3).permute(1, 0, 2, 3).contiguous()

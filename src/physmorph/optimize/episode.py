@@ -13,6 +13,7 @@ from physmorph.losses import chamfer_distance, elastic_energy_per_mass, mass_los
 from physmorph.mpm import Model, State, Trajectory, control_steps, simulate
 from physmorph.optimize.adam import AdamOutcome, Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.control_lattice import control_lattice_weights, interpolate_rates
+from physmorph.optimize.graphs import captured_evaluation
 from physmorph.optimize.setup import MorphSetup
 from physmorph.optimize.units import REFERENCE_DX, control_scale, learning_rate_scale
 
@@ -102,9 +103,12 @@ class EpisodeProblem:
             rates = interpolate_rates(self.control_weights, rates)
         return rates * self.control_scale
 
-    def rollout(self, controls: torch.Tensor, start: int = 0, state: State | None = None) -> Trajectory:
+    def rollout(
+        self, controls: torch.Tensor, start: int = 0, state: State | None = None, check_divergence: bool = True
+    ) -> Trajectory:
         """Roll out from step `start` (whose state is `state`, default the initial one) to the end
-        of the release; index `num_steps − start` of the result is the last driven step's state."""
+        of the release; index `num_steps − start` of the result is the last driven step's state.
+        check_divergence: raise SimulationDiverged as `simulate` does (False: the caller checks)."""
         driven = simulate(
             state or self.initial,
             self.model,
@@ -114,6 +118,7 @@ class EpisodeProblem:
             checkpoint_steps=self.checkpoint_steps,
             backend=self.backend,
             start_step=start,
+            check_divergence=check_divergence,
         )
         if not self.release_steps:
             return driven
@@ -123,6 +128,7 @@ class EpisodeProblem:
             self.release_steps,
             checkpoint_steps=self.checkpoint_steps,
             backend=self.backend,
+            check_divergence=check_divergence,
         )
         return driven.then(released, driven.num_steps)
 
@@ -137,6 +143,11 @@ class EpisodeProblem:
 
     def loss_and_distance(self, trajectory: Trajectory) -> tuple[torch.Tensor, float | None]:
         """`loss` and the last state's `distance` to the target, from one evaluation."""
+        loss, distance = self.loss_terms(trajectory)
+        return loss, None if distance is None else distance.item()
+
+    def loss_terms(self, trajectory: Trajectory) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`loss_and_distance` with the distance left on the device (detached): no host sync."""
         final = trajectory.final
         mass = self._mass_loss_of(final)
         loss = mass
@@ -154,8 +165,8 @@ class EpisodeProblem:
             return loss, None
         if self.chamfer_weight:
             chamfer = chamfer_distance(final.positions, self.target_points)
-            return loss + self.chamfer_weight * chamfer, chamfer.item()
-        return loss, mass.item()
+            return loss + self.chamfer_weight * chamfer, chamfer.detach()
+        return loss, mass.detach()
 
     def distance(self, state: State) -> float | None:
         """How far `state` is from the target, the measure by which an episode must not make the
@@ -248,7 +259,10 @@ def _control_weights(setup: MorphSetup, spacing: float | str | None) -> torch.Te
         spacing = REFERENCE_DX
     if spacing <= 1.001 * particle_spacing:
         return None
-    return control_lattice_weights(setup.initial.positions, spacing)
+    cache = setup.control_weights_by_spacing
+    if spacing not in cache:
+        cache[spacing] = control_lattice_weights(setup.initial.positions, spacing)
+    return cache[spacing]
 
 
 # optimize_adam's descents with halved learning rates when every iterate ends farther from the target
@@ -263,13 +277,17 @@ def _descend(
     least-loss iterate (else None), whether some iterate ends no farther than `start`, and the
     descent's outcome."""
     rates = problem.zero_rates().requires_grad_()
+    captured = captured_evaluation(problem, rates) if settings.cuda_graph else None
     # the least-loss iterate whose last state is no farther from the target than the first state
     admissible_loss, admissible_rates = math.inf, None
 
     def evaluate(iteration: int, fraction: float) -> tuple[torch.Tensor, float]:
         nonlocal admissible_loss, admissible_rates
-        loss, distance = problem.loss_and_distance(problem.rollout(problem.controls_from_rates(rates)))
-        value = loss.item()
+        if captured is not None:
+            loss, value, distance = captured(rates, problem.initial)
+        else:
+            loss, distance = problem.loss_and_distance(problem.rollout(problem.controls_from_rates(rates)))
+            value = loss.item()
         if distance is not None and distance <= start and value < admissible_loss:
             admissible_loss, admissible_rates = value, rates.detach().clone()
         return loss, value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,6 +48,9 @@ class MorphSetup:
     hull_points: torch.Tensor | None = None
     source_mesh: trimesh.Trimesh | None = None
     target_mesh: trimesh.Trimesh | None = None
+    # control-lattice weights over `initial` by spacing, made once per run: every episode's problem
+    # then holds the same tensor (and a CUDA graph of its evaluation stays valid, optimize.graphs)
+    control_weights_by_spacing: dict[float, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def bind_source_surface(self, surface: SurfaceConfig) -> SurfaceBinding:
         """Gaussians bound to the undeformed source particles, sampled from the source mesh

@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour search without gradient: a sorted uniform grid on GPU, cKDTree on CPU."""
+"""Exact k-nearest-neighbour search without gradient: all pairs for small sets, a sorted grid on GPU, cKDTree on CPU."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from physmorph.errors import InputError
 
 # Below this many points the all-pairs search is both exact and the fastest.
 ALL_PAIRS_POINTS = 4096
+# For k = 1 on CUDA, up to this many (query, point) pairs are compared by one Triton kernel: no
+# host synchronisation (a CUDA graph can capture it) and 20k × 20k pairs in well under a millisecond.
+KERNEL_ALL_PAIRS = 1 << 29
 # Bounds the [chunk, P] distance block of the all-pairs search to about 256 MiB of float32.
 _ALL_PAIRS_BLOCK = 1 << 26
 # Points per occupied cell the grid aims for (times max(1, k/2)): about 27 × this many
@@ -52,6 +55,11 @@ def nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) -> tu
     distances equal the all-pairs search's; indices differ only among equidistant points.
     """
     _check(queries, points, k)
+    if k == 1 and _kernel_available(queries) and queries.shape[0] * points.shape[0] <= KERNEL_ALL_PAIRS:
+        from physmorph.surface.knn_kernel import nearest_of_all
+
+        _, index = nearest_of_all(queries, points)
+        return (points[index] - queries).norm(dim=-1, keepdim=True), index[:, None]
     if points.shape[0] <= ALL_PAIRS_POINTS or queries.shape[0] == 0:
         return all_pairs_nearest_neighbors(queries, points, k)
     if points.device.type == "cpu":
@@ -65,6 +73,16 @@ def nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) -> tu
             torch.from_numpy(indices).to(torch.int64),
         )
     return grid_nearest_neighbors(queries, points, k)
+
+
+def searches_without_host_sync(queries: torch.Tensor, points: torch.Tensor, k: int) -> bool:
+    """Whether nearest_neighbors(queries, points, k) runs without waiting for the GPU (so a CUDA
+    graph can capture it): the all-pairs searches do, the grid search does not."""
+    if not queries.is_cuda:
+        return False
+    if k == 1 and _kernel_available(queries) and queries.shape[0] * points.shape[0] <= KERNEL_ALL_PAIRS:
+        return True
+    return points.shape[0] <= ALL_PAIRS_POINTS or queries.shape[0] == 0
 
 
 def _check(queries: torch.Tensor, points: torch.Tensor, k: int) -> None:
@@ -337,12 +355,12 @@ def _grid_of(points: torch.Tensor, k: int) -> _Grid:
 
 
 def launch_kernels(like: torch.Tensor) -> None:
-    """Launch both k = 1 kernels once on a few points of `like`'s dtype and device, as a search
+    """Launch the k = 1 kernels once on a few points of `like`'s dtype and device, as a search
     does (what physmorph.mpm.fused.warmup records to compile them ahead of the first search);
     nothing where they would not run."""
     if not _kernel_available(like):
         return
-    from physmorph.surface.knn_kernel import nearest_by_traversal, nearest_in_neighbouring_cells
+    from physmorph.surface.knn_kernel import nearest_by_traversal, nearest_in_neighbouring_cells, nearest_of_all
 
     points = torch.linspace(0.0, 1.0, 3 * 64, dtype=like.dtype, device=like.device).reshape(64, 3)
     grid = _Grid(points, 1)
@@ -353,6 +371,7 @@ def launch_kernels(like: torch.Tensor) -> None:
     nearest_by_traversal(
         grid.points, coordinates, best_squared, best_index, grid.points, grid.depth_first(), grid.cell, 0.0
     )
+    nearest_of_all(points, points)
 
 
 def _kernel_available(queries: torch.Tensor) -> bool:

@@ -1,5 +1,5 @@
-"""The grid search's two passes for k = 1 as Triton kernels: the 27 cells around each query, then
-a depth-first walk of the Morton blocks for the queries those cells leave open.
+"""The nearest-neighbour search's k = 1 kernels in Triton: the grid's two passes (the 27 cells around
+each query, then a depth-first walk of the Morton blocks) and a comparison of every pair.
 
 Imported only when a CUDA search runs (or under TRITON_INTERPRET=1 in tests): importing
 `physmorph.surface.knn` never needs Triton. The PyTorch passes they replace launch tens of
@@ -15,6 +15,8 @@ import triton.language as tl
 
 _BLOCK = 128  # queries per program of the first pass
 _TRAVERSAL_BLOCK = 32  # queries per program of the walk (they diverge: fewer lanes wait on the slowest)
+_PAIRS_QUERIES = 32  # queries per program of the all-pairs kernel (11k queries: 349 programs)
+_PAIRS_POINTS = 64  # points it compares them with at a time
 
 
 @triton.jit
@@ -198,5 +200,62 @@ def nearest_by_traversal(
             float(cell),
             float(slack),
             BLOCK=_TRAVERSAL_BLOCK,
+        )
+    return best_squared, best_index
+
+
+@triton.jit(do_not_specialize=["query_count", "point_count"])
+def _nearest_of_all(
+    queries,  # [Q, 3]
+    points,  # [P, 3]
+    best_squared,  # [Q] out: squared distance of the nearest point
+    best_index,  # [Q] out: its index (smallest among equal distances)
+    query_count,
+    point_count,
+    QUERIES: tl.constexpr,
+    POINTS: tl.constexpr,
+):
+    rows = tl.program_id(0) * QUERIES + tl.arange(0, QUERIES)
+    live = rows < query_count
+    qx, qy, qz = _load_rows(queries, rows, live, 0.0)
+    # each (query, column) slot keeps the nearest of the points it has seen, reduced once at the
+    # end (a reduction per tile of points cost more than the distances)
+    best = tl.zeros([QUERIES, POINTS], dtype=qx.dtype) + float("inf")
+    best_at = tl.zeros([QUERIES, POINTS], dtype=tl.int32)
+    for start in tl.range(0, point_count, POINTS):
+        columns = start + tl.arange(0, POINTS)
+        valid = columns < point_count
+        px, py, pz = _load_rows(points, columns, valid, float("inf"))
+        dx = px[None, :] - qx[:, None]
+        dy = py[None, :] - qy[:, None]
+        dz = pz[None, :] - qz[:, None]
+        squared = dx * dx + dy * dy + dz * dz
+        # strictly nearer: a slot keeps its earlier (smaller) index among equal distances
+        better = squared < best
+        best = tl.where(better, squared, best)
+        best_at = tl.where(better, columns[None, :], best_at)
+    nearest = tl.min(best, axis=1)
+    tied = tl.where(best == nearest[:, None], best_at, point_count)
+    tl.store(best_squared + rows, nearest, mask=live)
+    tl.store(best_index + rows, tl.min(tied, axis=1).to(tl.int64), mask=live)
+
+
+def nearest_of_all(queries: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest of `points` [P, 3] (P ≥ 1) to each of `queries` [Q, 3] (one dtype) by comparing every
+    pair: squared distances [Q] and indices [Q] int64 (the smallest among equal distances). No
+    host synchronisation, so a CUDA graph can capture it."""
+    count = queries.shape[0]
+    best_squared = torch.empty(count, dtype=queries.dtype, device=queries.device)
+    best_index = torch.empty(count, dtype=torch.int64, device=queries.device)
+    if count:
+        _nearest_of_all[(triton.cdiv(count, _PAIRS_QUERIES),)](
+            queries.contiguous(),
+            points.contiguous(),
+            best_squared,
+            best_index,
+            count,
+            points.shape[0],
+            QUERIES=_PAIRS_QUERIES,
+            POINTS=_PAIRS_POINTS,
         )
     return best_squared, best_index

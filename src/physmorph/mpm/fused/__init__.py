@@ -13,12 +13,12 @@ Triton is imported only when a fused step runs, so importing this package never 
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Sequence
 
 import torch
 
+from physmorph.device_constants import device_constant
 from physmorph.mpm.state import Model, State
 from physmorph.mpm.step import plastic_flow, step
 
@@ -39,11 +39,6 @@ def supports_fused(state: State, model: Model) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _host_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
-
-
 def _on_device(value: torch.Tensor | float | Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """A model parameter as a flat tensor of `like`'s dtype and device.
 
@@ -56,7 +51,7 @@ def _on_device(value: torch.Tensor | float | Sequence[float], like: torch.Tensor
         else:
             return value.to(dtype=like.dtype, device=like.device).reshape(-1)
     values = (float(value),) if isinstance(value, (int, float)) else tuple(float(v) for v in value)
-    return _host_constant(values, like.dtype, like.device)
+    return device_constant(values, like.dtype, like.device)
 
 
 def _per_particle(value: torch.Tensor | float, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -111,7 +106,7 @@ def fused_step(
         F_trial,
         state.tensors[4].to(dtype),
         _per_particle(material.mu, n, x),
-        _host_constant(settings_values(float(plasticity.yield_stress), float(plasticity.hardening)), dtype, x.device),
+        device_constant(settings_values(float(plasticity.yield_stress), float(plasticity.hardening)), dtype, x.device),
     )
     return State(x_new, v_new, F_new, C_new, plastic_strain)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
+from physmorph.device_constants import device_constant
 from physmorph.mpm.fused import kernels
 from physmorph.mpm.grid import affine_scale
 from physmorph.mpm.materials import MIN_JACOBIAN
@@ -71,10 +71,9 @@ class StepSettings:
         )
 
 
-@functools.lru_cache(maxsize=64)
 def settings_tensor(settings: StepSettings, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`settings.values` on the device, made once: a host-to-device copy waits for the whole stream."""
-    return torch.tensor(settings.values, dtype=dtype, device=device)
+    """`settings.values` on the device, made once (physmorph.device_constants)."""
+    return device_constant(settings.values, dtype, device)
 
 
 def _launch_grid(n: int, block: int) -> tuple[int]:

@@ -1,0 +1,126 @@
+"""CUDA-graph evaluations: the captured loss, distance, gradient and divergence equal the eager ones."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from physmorph.config import config_from_mapping
+from physmorph.errors import SimulationDiverged
+from physmorph.optimize import graphs
+from physmorph.optimize.episode import EpisodeProblem, optimize_adam
+from physmorph.optimize.graphs import GraphCaptureWarning, captured_evaluation
+from physmorph.optimize.setup import build_setup
+
+# the default loss (mass field, Chamfer, arrival speed) and control lattice, with a release
+MORPH = {
+    "source": {"shape": "sphere", "params": {"radius": 3.0}},
+    "target": {"shape": "ellipsoid", "params": {"radii": [4.0, 2.5, 2.5]}},
+    "simulation": {"grid_min_point": [-8, -8, -8], "grid_max_point": [8, 8, 8]},
+    "optimization": {"num_timesteps": 6, "release_steps": 2, "iterations": 5, "dtype": "float64"},
+}
+
+
+def _problem(device: str, **optimization) -> tuple[EpisodeProblem, object]:
+    mapping = MORPH | {"optimization": {**MORPH["optimization"], "device": device, **optimization}}
+    config = config_from_mapping(mapping)
+    setup = build_setup(config, torch.device(device), torch.float64)
+    return EpisodeProblem.of(setup, setup.initial, config.optimization), config.optimization
+
+
+def _eager(problem: EpisodeProblem, rates: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    rates = rates.detach().clone().requires_grad_()
+    loss, distance = problem.loss_and_distance(problem.rollout(problem.controls_from_rates(rates)))
+    loss.backward()
+    return loss.item(), distance, rates.grad
+
+
+def _captured(captured, problem: EpisodeProblem, rates: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    rates = rates.detach().clone().requires_grad_()
+    loss, value, distance = captured(rates, problem.initial)
+    loss.backward()
+    return value, distance, rates.grad
+
+
+def test_no_graph_on_the_cpu():
+    problem, _ = _problem("cpu", backend="torch")
+    assert captured_evaluation(problem, problem.zero_rates().requires_grad_()) is None
+
+
+@pytest.mark.gpu
+def test_gpu_captured_evaluation_matches_the_eager_one_in_every_episode():
+    problem, settings = _problem("cuda")
+    rates = problem.zero_rates()
+    captured = captured_evaluation(problem, rates.requires_grad_())
+    assert captured is not None
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    # the next episode starts where this one ends: the same graphs, a new first state
+    result = optimize_adam(problem, settings)
+    later = replace(problem, initial=result.trajectory.final.detach())
+    assert captured_evaluation(later, rates) is captured
+    for episode in (problem, later):
+        for scale in (0.0, 0.5):
+            trial = scale * torch.randn(rates.shape, generator=generator, device="cuda", dtype=rates.dtype)
+            loss, distance, gradient = _eager(episode, trial)
+            captured_loss, captured_distance, captured_gradient = _captured(captured, episode, trial)
+            assert captured_loss == pytest.approx(loss, rel=1e-9)
+            assert captured_distance == pytest.approx(distance, rel=1e-9)
+            torch.testing.assert_close(captured_gradient, gradient, rtol=1e-7, atol=1e-9 * gradient.abs().max())
+
+
+@pytest.mark.gpu
+def test_gpu_captured_episode_matches_the_eager_episode():
+    problem, settings = _problem("cuda")
+    eager = optimize_adam(problem, replace(settings, cuda_graph=False))
+    captured = optimize_adam(problem, settings)
+    assert captured_evaluation(problem, problem.zero_rates().requires_grad_()) is not None
+    assert captured.losses == pytest.approx(eager.losses, rel=1e-7)
+    torch.testing.assert_close(captured.controls, eager.controls, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.gpu
+def test_gpu_captured_divergence_raises_what_the_eager_rollout_raises():
+    problem, _ = _problem("cuda")
+    rates = problem.zero_rates().requires_grad_()
+    captured = captured_evaluation(problem, rates)
+    wild = torch.full_like(rates, 40.0)
+    with pytest.raises(SimulationDiverged) as eager:
+        _eager(problem, wild)
+    with pytest.raises(SimulationDiverged) as replayed:
+        captured(wild.requires_grad_(), problem.initial)
+    assert str(replayed.value) == str(eager.value)
+
+
+def _waits_for_the_host(monkeypatch) -> None:
+    original = EpisodeProblem.loss_terms
+
+    def loss_terms(self, trajectory):
+        loss, distance = original(self, trajectory)
+        return loss * (1.0 + 0.0 * loss.item()), distance
+
+    monkeypatch.setattr(EpisodeProblem, "loss_terms", loss_terms)
+
+
+@pytest.mark.gpu
+def test_gpu_an_evaluation_that_syncs_warns_and_runs_eagerly(monkeypatch):
+    problem, settings = _problem("cuda")
+    with monkeypatch.context() as patch:
+        _waits_for_the_host(patch)
+        with pytest.warns(GraphCaptureWarning, match="could not be captured"):
+            assert captured_evaluation(problem, problem.zero_rates().requires_grad_()) is None
+    before = len(graphs._CAPTURED)
+    result = optimize_adam(problem, settings)  # the failure is remembered: eager, no second attempt
+    assert len(graphs._CAPTURED) == before and min(result.losses) < result.losses[0]
+
+
+@pytest.mark.gpu
+def test_gpu_a_capture_that_cuda_refuses_leaves_the_random_generators_working(monkeypatch):
+    problem, _ = _problem("cuda")
+    with monkeypatch.context() as patch:
+        _waits_for_the_host(patch)
+        patch.setattr(graphs, "_raise_on_host_sync", lambda evaluate, sample: None)  # straight to the capture
+        with pytest.warns(GraphCaptureWarning, match="could not be captured"):
+            assert captured_evaluation(problem, problem.zero_rates().requires_grad_()) is None
+    assert torch.isfinite(torch.randn(4, device="cuda")).all()
