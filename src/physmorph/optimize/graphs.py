@@ -154,7 +154,6 @@ def _capture(problem: EpisodeProblem, rates: torch.Tensor) -> Graphed:
         return loss, torch.cat((loss.detach().reshape(1), distance, counts))
 
     sample = (torch.zeros_like(rates).requires_grad_(), *(t.detach().clone() for t in problem.initial.tensors))
-    _raise_on_host_sync(evaluate, sample)
     try:
         with warnings.catch_warnings():
             # the sample's gradient accumulator is made on the warm-up stream: the captured backward
@@ -166,23 +165,14 @@ def _capture(problem: EpisodeProblem, rates: torch.Tensor) -> Graphed:
         raise
 
 
-def _raise_on_host_sync(evaluate: Graphed, sample: tuple[torch.Tensor, ...]) -> None:
-    """One eager evaluation and backward with PyTorch's sync check on: an operation that would
-    wait for the host raises RuntimeError here, before a capture it would break."""
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        loss, _ = evaluate(*sample)
-        torch.autograd.grad(loss, sample[0])
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-
-
 def _end_broken_capture() -> None:
-    """After a capture that CUDA invalidated, the random generators still count as capturing (the
-    capture's end raised before releasing them): one empty capture ends that state."""
+    """After a capture that CUDA invalidated (an operation that waits for the host), the random
+    generators still count as capturing, since the capture's end raised before releasing them,
+    and the next random draw on the GPU would fail: one empty capture ends that state."""
     try:
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            pass
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The CUDA Graph is empty")
+            with torch.cuda.graph(torch.cuda.CUDAGraph()):
+                pass
     except RuntimeError:
         pass  # nothing was left capturing
