@@ -127,7 +127,7 @@ def main() -> None:
             rate = result.controls.norm(dim=(-1, -2)).mean().item() / problem.control_scale
             kept = ends_no_farther(problem.distance(state), problem.distance(final))
             print(
-                f"{optimizer_name:>10} | {episode:>7} | {seconds:8.2f} | "
+                f"{optimizer_name:>10} | {episode:>7} | {seconds:8.3f} | "
                 f"{mass_before:10.1f} → {mass_after:10.1f} | {before:9.3f} → {after:9.3f} | {rate:6.4f} | "
                 f"{'yes' if kept else 'no':>4}"
             )
