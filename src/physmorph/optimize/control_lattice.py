@@ -40,8 +40,8 @@ def interpolate_rates(weights: torch.Tensor, rates: torch.Tensor) -> torch.Tenso
     (differentiable in `rates`).
 
     On CUDA, a sum over each particle's 8 corner nodes: it never waits for the host, so a CUDA
-    graph can capture it (physmorph.optimize.graphs). On the CPU, the sparse product: 2.6× faster
-    there than the corner sum, forward and backward at 89k particles.
+    graph can capture it (physmorph.optimize.graphs). On the CPU, the sparse product, which was
+    the faster of the two there.
     """
     steps, nodes = rates.shape[:2]
     flat = rates.permute(1, 0, 2, 3).reshape(nodes, steps * 9)
