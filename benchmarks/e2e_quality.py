@@ -70,6 +70,7 @@ def base_mapping(args: argparse.Namespace, target: str, dx: float) -> dict:
         "width": args.size,
         "height": args.size,
     }
+    set_values(mapping, args.set)
     return mapping
 
 
@@ -178,6 +179,13 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="sampling.runtime_surface keys for every variant (training and scoring), e.g. k_F=128",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config keys for every variant, e.g. optimization.elastic_energy_weight=5000",
     )
     parser.add_argument(
         "--e2e-control-spacing",
