@@ -219,7 +219,9 @@ def optimize_adam(
     learning-rate decay, early stop after `patience` iterations without improvement, step halved
     after a diverged rollout) on the exact gradient. Adam steps the control rates (ΔF per
     reference step, see physmorph.optimize.units), so `settings.learning_rate` means the same at
-    any time step; its step is that rate times EpisodeProblem.rate_step_scale.
+    any time step; its step is that rate times EpisodeProblem.rate_step_scale. On CUDA, with
+    `settings.cuda_graph`, the evaluations replay CUDA graphs where the problem allows
+    (physmorph.optimize.graphs; the same result).
 
     Keeps the controls of least loss, unless their last state is farther from the target
     (`EpisodeProblem.distance`) than the episode's first state, and another iterate's is not:
