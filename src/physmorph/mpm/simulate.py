@@ -205,14 +205,21 @@ def divergence_counts(trajectory: Trajectory, model: Model) -> torch.Tensor:
     return (outside | ~torch.isfinite(trajectory.deformation_gradients[1:]).all(dim=(-1, -2))).sum(dim=1)
 
 
+def graph_fits(initial: State, model: Model, num_steps: int, fused: bool) -> bool:
+    """Whether the autograd graph of a rollout of `num_steps` from `initial` may be kept whole: it
+    takes at most GRAPH_SHARE_OF_FREE of the device's free memory."""
+    needed = graph_bytes(initial.num_particles, num_steps, model.kernel, initial.positions.element_size(), fused)
+    return needed <= GRAPH_SHARE_OF_FREE * free_memory(initial.positions.device)
+
+
 def _graph_does_not_fit(initial: State, model: Model, num_steps: int, fused: bool) -> bool:
     positions = initial.positions
     if positions.is_cuda and torch.cuda.is_current_stream_capturing():
         return False  # a CUDA graph's rollout was sized before its capture (physmorph.optimize.graphs)
+    if graph_fits(initial, model, num_steps, fused):
+        return False
     needed = graph_bytes(initial.num_particles, num_steps, model.kernel, positions.element_size(), fused)
     free = free_memory(positions.device)
-    if needed <= GRAPH_SHARE_OF_FREE * free:
-        return False
     warnings.warn(
         f"the autograd graph of {initial.num_particles} particles × {num_steps} steps would take about "
         f"{needed / 2**30:.3g} GiB of {free / 2**30:.3g} GiB free on {positions.device}: recomputing each "

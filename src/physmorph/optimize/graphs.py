@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from physmorph.mpm import State
-from physmorph.mpm.simulate import GRAPH_SHARE_OF_FREE, divergence_counts, free_memory, graph_bytes, raise_if_diverged
+from physmorph.mpm.simulate import divergence_counts, graph_fits, raise_if_diverged
 from physmorph.surface.knn import searches_without_host_sync
 
 if TYPE_CHECKING:
@@ -109,9 +109,7 @@ def _qualifies(problem: EpisodeProblem, rates: torch.Tensor) -> bool:
         return False
     if problem.checkpoint_steps:
         return False
-    steps = problem.num_steps + problem.release_steps
-    needed = graph_bytes(initial.num_particles, steps, model.kernel, initial.positions.element_size(), fused=True)
-    if needed > GRAPH_SHARE_OF_FREE * free_memory(rates.device):
+    if not graph_fits(initial, model, problem.num_steps + problem.release_steps, fused=True):
         return False
     constants = (*initial.tensors, model.material.lam, model.material.mu, model.material.density, model.volumes)
     if any(isinstance(t, torch.Tensor) and t.requires_grad for t in constants):
@@ -142,10 +140,8 @@ def _key(problem: EpisodeProblem, rates: torch.Tensor) -> tuple:
 
 
 def _capture(problem: EpisodeProblem, rates: torch.Tensor) -> Graphed:
-    template = problem
-
     def evaluate(rates: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        episode = replace(template, initial=State(*state))
+        episode = replace(problem, initial=State(*state))
         trajectory = episode.rollout(episode.controls_from_rates(rates), check_divergence=False)
         loss, distance = episode.loss_terms(trajectory)
         missing = loss.new_full((1,), math.nan)

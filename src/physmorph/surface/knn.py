@@ -55,7 +55,7 @@ def nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) -> tu
     distances equal the all-pairs search's; indices differ only among equidistant points.
     """
     _check(queries, points, k)
-    if k == 1 and _kernel_available(queries) and queries.shape[0] * points.shape[0] <= KERNEL_ALL_PAIRS:
+    if _all_pairs_kernel_searches(queries, points, k):
         from physmorph.surface.knn_kernel import nearest_of_all
 
         _, index = nearest_of_all(queries, points)
@@ -80,9 +80,14 @@ def searches_without_host_sync(queries: torch.Tensor, points: torch.Tensor, k: i
     graph can capture it): the all-pairs searches do, the grid search does not."""
     if not queries.is_cuda:
         return False
-    if k == 1 and _kernel_available(queries) and queries.shape[0] * points.shape[0] <= KERNEL_ALL_PAIRS:
+    if _all_pairs_kernel_searches(queries, points, k):
         return True
     return points.shape[0] <= ALL_PAIRS_POINTS or queries.shape[0] == 0
+
+
+def _all_pairs_kernel_searches(queries: torch.Tensor, points: torch.Tensor, k: int) -> bool:
+    """Whether nearest_neighbors takes the all-pairs Triton kernel (knn_kernel.nearest_of_all)."""
+    return k == 1 and _kernel_available(queries) and queries.shape[0] * points.shape[0] <= KERNEL_ALL_PAIRS
 
 
 def _check(queries: torch.Tensor, points: torch.Tensor, k: int) -> None:
