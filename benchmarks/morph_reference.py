@@ -142,7 +142,8 @@ def cold_first_episode(setup: MorphSetup, config: MorphConfig, compile_at_launch
     device = setup.initial.positions.device
     print(f"TRITON_CACHE_DIR={os.environ['TRITON_CACHE_DIR']} (empty); {os.cpu_count()} CPU cores")
     start = time.perf_counter()
-    warm_up = None if compile_at_launch else start_warm_up(setup.model, setup.initial.positions.dtype, device)
+    dtype, searches = setup.initial.positions.dtype, setup.chamfer_searches()
+    warm_up = None if compile_at_launch else start_warm_up(setup.model, dtype, device, searches=searches)
     seconds = warm_up.wait() if warm_up is not None else {}
     warm_up_seconds = time.perf_counter() - start
     for name, compile_seconds in sorted(seconds.items(), key=lambda item: -item[1]):

@@ -60,6 +60,16 @@ state, probe = warmup._probe(model, torch.float32, torch.device("cpu"))
 variants = warmup.pending_variants(state, probe)
 names = sorted(json.loads(variant)["name"].rsplit(".", 1)[1] for variant in variants)
 
+
+def search_names(searches):
+    recorded = warmup.pending_variants(state, probe, searches)
+    return sorted(json.loads(v)["name"].rsplit(".", 1)[1] for v in recorded if "nearest" in json.loads(v)["name"])
+
+
+# the reference morph's Chamfer searches (11k x 9k) fit the all-pairs kernel, dx 0.5's (89k x 71k) take the grid
+by_size = {"none": search_names([]), "small": search_names([(11166, 9171), (9171, 11166)]),
+           "large": search_names([(89000, 71000)]), "tiny": search_names([(10, 4000)])}
+
 # the key of each variant as the JIT's own launch path computes it (its _do_compile, unchanged
 # up to the compile), against the key of the variant rebuilt from its JSON
 jit_keys = {}
@@ -105,6 +115,7 @@ print(json.dumps({
     "rebuilds": len(rebuilds),
     "plastic_names": plastic_names,
     "names": names,
+    "by_size": by_size,
     "keys_match": rebuilt == jit_keys,
     "cached": [warmup.is_cached(v) for v in variants],
     "threads": len(started.names),
@@ -134,6 +145,12 @@ def test_warm_up_compiles_what_a_step_launches(tmp_path: Path) -> None:
     search = ["_nearest_by_traversal", "_nearest_in_neighbouring_cells", "_nearest_of_all"]
     assert result["names"] == sorted([*kernels, "p2g_forward", *search])
     assert result["keys_match"]
+    assert result["by_size"] == {
+        "none": [],
+        "small": ["_nearest_of_all"],
+        "large": ["_nearest_by_traversal", "_nearest_in_neighbouring_cells"],
+        "tiny": ["_nearest_of_all"],
+    }
     assert all(result["cached"])
     assert result["threads"] == len(result["names"])
     assert result["timed"] == result["names"]

@@ -37,7 +37,7 @@ from physmorph.io.run_folder import (
 from physmorph.io.video import write_video
 from physmorph.losses import chamfer_distance
 from physmorph.mpm import State
-from physmorph.mpm.fused.warmup import start_warm_up
+from physmorph.mpm.fused.warmup import start_search_warm_up, start_warm_up
 from physmorph.optimize.e2e import E2EResult
 from physmorph.optimize.e2e_run import E2EContext, MeshViews, check_e2e_config, run_e2e_episode
 from physmorph.optimize.episode import EpisodeProblem, EpisodeResult, optimize_adam, optimize_reference
@@ -157,13 +157,20 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
                 f"cannot resume '{paths.root}' with a different config: {', '.join(changed)} differ from the "
                 "run's; resume with its config or use another --out folder"
             )
-    warm_up = None
+    # the GPU kernels compile in threads while the bodies are filled and the views set up
+    warm_ups = []
     if settings.backend != "torch" and device.type == "cuda":
-        # the GPU kernels compile in threads while the bodies are filled and the views set up
         no_particles = torch.zeros(0, dtype=dtype, device=device)
         material = make_material(config.simulation, dtype, device)
-        warm_up = start_warm_up(model_of(config.simulation, material, no_particles, no_particles), dtype, device)
+        model = model_of(config.simulation, material, no_particles, no_particles)
+        # the search kernels wait for the fill, which sizes the Chamfer searches and so picks their kernels
+        warm_ups.append(start_warm_up(model, dtype, device, searches=[]))
     setup = build_setup(config, device, dtype)
+    if device.type == "cuda":
+        # e2e's 2D silhouette searches vary in size: every search kernel
+        searches = None if config.mode == "e2e" else setup.chamfer_searches()
+        warm_ups.append(start_search_warm_up(setup.initial.positions, searches))
+    warm_ups = [started for started in warm_ups if started is not None]
     if summary is None:
         summary = {
             "physmorph_version": physmorph.__version__,
@@ -195,11 +202,13 @@ def run_morph(config: MorphConfig, out_dir: str | Path, resume: bool = False, pr
         binding = context.binding
     else:
         binding = setup.bind_source_surface(config.surface)
-    if warm_up is not None:
+    if warm_ups:
         if progress:
             # otherwise the first progress step sits silent for as long as compilation takes
-            tqdm.write(f"GPU kernels: compiling {len(warm_up.names)} in parallel (Triton caches them for later runs)")
-        warm_up.wait()
+            count = sum(len(started.names) for started in warm_ups)
+            tqdm.write(f"GPU kernels: compiling {count} in parallel (Triton caches them for later runs)")
+        for started in warm_ups:
+            started.wait()
     learning_rate = next_learning_rate(summary["episodes"], settings.learning_rate)
     for episode in range(len(summary["episodes"]), settings.num_animations):
         torch.manual_seed(settings.seed + episode)

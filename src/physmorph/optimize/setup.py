@@ -58,6 +58,15 @@ class MorphSetup:
         initial = self.initial
         return bind_surface(initial.positions, initial.deformation_gradients, surface, mesh=self.source_mesh)
 
+    def chamfer_searches(self) -> list[tuple[int, int]]:
+        """(queries, points) sizes of the k = 1 nearest-neighbour searches of the Chamfer terms:
+        the particles against the target's points (or its visual hull's), and back."""
+        reference = self.target_points if self.target_points is not None else self.hull_points
+        if reference is None:
+            return []
+        particles, points = self.initial.num_particles, reference.shape[0]
+        return [(particles, points), (points, particles)]
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' → cuda when available, else cpu; 'cuda' without a GPU is a clear error."""

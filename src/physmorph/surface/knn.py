@@ -7,6 +7,7 @@ import math
 import os
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,7 @@ def nearest_neighbors(queries: torch.Tensor, points: torch.Tensor, k: int) -> tu
 
         _, index = nearest_of_all(queries, points)
         return (points[index] - queries).norm(dim=-1, keepdim=True), index[:, None]
-    if points.shape[0] <= ALL_PAIRS_POINTS or queries.shape[0] == 0:
+    if _few(queries.shape[0], points.shape[0]):
         return all_pairs_nearest_neighbors(queries, points, k)
     if points.device.type == "cpu":
         # cKDTree is 3-10x faster than the grid on the CPU (BENCHMARKS.md, issue 14)
@@ -82,12 +83,22 @@ def searches_without_host_sync(queries: torch.Tensor, points: torch.Tensor, k: i
         return False
     if _all_pairs_kernel_searches(queries, points, k):
         return True
-    return points.shape[0] <= ALL_PAIRS_POINTS or queries.shape[0] == 0
+    return _few(queries.shape[0], points.shape[0])
 
 
 def _all_pairs_kernel_searches(queries: torch.Tensor, points: torch.Tensor, k: int) -> bool:
     """Whether nearest_neighbors takes the all-pairs Triton kernel (knn_kernel.nearest_of_all)."""
-    return k == 1 and _kernel_available(queries) and queries.shape[0] * points.shape[0] <= KERNEL_ALL_PAIRS
+    return _kernel_available(queries) and _all_pairs_kernel_fits(queries.shape[0], points.shape[0], k)
+
+
+def _all_pairs_kernel_fits(queries: int, points: int, k: int) -> bool:
+    """Whether a search of these sizes is small enough for the all-pairs Triton kernel (k = 1 only)."""
+    return k == 1 and queries * points <= KERNEL_ALL_PAIRS
+
+
+def _few(queries: int, points: int) -> bool:
+    """Whether a search of these sizes compares every pair in PyTorch rather than searching a grid or tree."""
+    return points <= ALL_PAIRS_POINTS or queries == 0
 
 
 def _check(queries: torch.Tensor, points: torch.Tensor, k: int) -> None:
@@ -359,15 +370,23 @@ def _grid_of(points: torch.Tensor, k: int) -> _Grid:
     return grid
 
 
-def launch_kernels(like: torch.Tensor) -> None:
-    """Launch the k = 1 kernels once on a few points of `like`'s dtype and device, as a search
-    does (what physmorph.mpm.fused.warmup records to compile them ahead of the first search);
-    nothing where they would not run."""
+def launch_kernels(like: torch.Tensor, searches: Sequence[tuple[int, int]] | None = None) -> None:
+    """Launch, once on a few points of `like`'s dtype and device, the k = 1 kernels that searches of
+    (queries, points) sizes `searches` take (None: every kernel), as a search does: what
+    physmorph.mpm.fused.warmup records to compile them ahead of the first search; nothing where they
+    would not run."""
     if not _kernel_available(like):
         return
     from physmorph.surface.knn_kernel import nearest_by_traversal, nearest_in_neighbouring_cells, nearest_of_all
 
+    fits = None if searches is None else [_all_pairs_kernel_fits(*sizes, 1) for sizes in searches]
+    all_pairs = fits is None or any(fits)
+    by_grid = fits is None or any(not fit and not _few(*sizes) for fit, sizes in zip(fits, searches))
     points = torch.linspace(0.0, 1.0, 3 * 64, dtype=like.dtype, device=like.device).reshape(64, 3)
+    if all_pairs:
+        nearest_of_all(points, points)
+    if not by_grid:
+        return
     grid = _Grid(points, 1)
     nearest_in_neighbouring_cells(grid.points, grid.cells, grid.points, grid.counts, grid.starts, grid.shape)
     best_squared = torch.full((64,), torch.inf, dtype=like.dtype, device=like.device)
@@ -376,7 +395,6 @@ def launch_kernels(like: torch.Tensor) -> None:
     nearest_by_traversal(
         grid.points, coordinates, best_squared, best_index, grid.points, grid.depth_first(), grid.cell, 0.0
     )
-    nearest_of_all(points, points)
 
 
 def _kernel_available(queries: torch.Tensor) -> bool:

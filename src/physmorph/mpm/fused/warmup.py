@@ -25,7 +25,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -85,11 +85,19 @@ class WarmUp:
         return seconds
 
 
-def start_warm_up(model: Model, dtype: torch.dtype, device: torch.device, workers: int | None = None) -> WarmUp | None:
+def start_warm_up(
+    model: Model,
+    dtype: torch.dtype,
+    device: torch.device,
+    workers: int | None = None,
+    searches: Sequence[tuple[int, int]] | None = None,
+) -> WarmUp | None:
     """Start compiling every kernel variant that rollouts of `model` (with and without ΔF control,
-    and their backward) and the k-NN searches of the Chamfer terms will launch on `device` in
+    and their backward) and the k = 1 nearest-neighbour `searches` will launch on `device` in
     `dtype`, in up to `workers` threads (default: one per CPU core).
 
+    searches: the (queries, points) sizes of the k = 1 searches the run makes (knn.launch_kernels);
+    None for every search kernel, an empty sequence for none.
     Only the model's settings count (grid, walls, material, plasticity), not its particle arrays.
     Returns None where the fused step would not run (no CUDA, no Triton, an unsupported model, the
     Triton interpreter), where Triton lacks what the warm-up needs (supports_warm_up), or where every
@@ -99,17 +107,47 @@ def start_warm_up(model: Model, dtype: torch.dtype, device: torch.device, worker
         return None
     from physmorph.mpm.fused import supports_fused
 
-    if device.type == "cuda" and device.index is None:
-        # the threads make this device current to load the kernels: it needs its index
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = _indexed(device)
     state, probe = _probe(model, dtype, device)
     if not supports_fused(state, probe):
         return None
+    return _start(lambda: pending_variants(state, probe, searches), device, workers)
+
+
+def start_search_warm_up(
+    like: torch.Tensor, searches: Sequence[tuple[int, int]] | None, workers: int | None = None
+) -> WarmUp | None:
+    """Start compiling the nearest-neighbour kernels that the k = 1 `searches` (as in start_warm_up)
+    will launch on tensors of `like`'s dtype and device, for a run that knows its search sizes only
+    after its step kernels started compiling. None where there is nothing to compile or wait for."""
+    from physmorph.surface.knn import launch_kernels
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not supports_warm_up():
+        return None
+    device = _indexed(like.device)
+
+    def recorded() -> dict[str, int]:
+        with _recording() as variants:
+            launch_kernels(like, searches)
+        return variants
+
+    return _start(recorded, device, workers)
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """`device` with its index: the threads make it current to load the kernels."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _start(record: Callable[[], dict[str, int]], device: torch.device, workers: int | None) -> WarmUp | None:
+    """Compile, in threads, the variants that `record` records and that are not cached yet."""
     try:
-        recorded = pending_variants(state, probe)
+        recorded = record()
         variants = {variant: size for variant, size in recorded.items() if not is_cached(variant)}
     except Exception as error:  # a hook or cache that differs from 3.6-3.9's: the kernels compile when launched
-        warnings.warn(f"no ahead-of-time compile of the kernels ({error!r})", WarmUpWarning, stacklevel=2)
+        warnings.warn(f"no ahead-of-time compile of the kernels ({error!r})", WarmUpWarning, stacklevel=3)
         return None
     if not variants:
         return None
@@ -134,12 +172,12 @@ def supports_warm_up() -> bool:
     return hasattr(runtime, "jit_cache_hook") and all(hasattr(module, name) for module, name in names)
 
 
-def pending_variants(state: State, model: Model) -> dict[str, int]:
+def pending_variants(state: State, model: Model, searches: Sequence[tuple[int, int]] | None = None) -> dict[str, int]:
     """Triton's specialisation JSON (with target and kernel hash) of every kernel variant that a step of `state`
-    under `model` (with and without ΔF control) and its backward, and a k = 1 nearest-neighbour
-    search in the state's dtype, would compile, with the length of the kernel's source: a dry run
-    that launches nothing uncompiled (kernels compiled already run, on the probe's valid data).
-    Raises at the first variant that cannot be rebuilt from its JSON."""
+    under `model` (with and without ΔF control) and its backward, and the k = 1 nearest-neighbour
+    `searches` (as in start_warm_up) in the state's dtype, would compile, with the length of the
+    kernel's source: a dry run that launches nothing uncompiled (kernels compiled already run, on
+    the probe's valid data). Raises at the first variant that cannot be rebuilt from its JSON."""
     from physmorph.mpm.fused import fused_step
     from physmorph.surface.knn import launch_kernels
 
@@ -151,7 +189,7 @@ def pending_variants(state: State, model: Model) -> dict[str, int]:
             after = fused_step(State(*leaves, *state.tensors[4:]), model, control)
             outputs = [tensor for tensor in after.tensors if tensor.requires_grad]
             torch.autograd.backward(outputs, [torch.ones_like(tensor) for tensor in outputs])
-        launch_kernels(state.positions)
+        launch_kernels(state.positions, searches)
     return variants
 
 
