@@ -125,6 +125,8 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
             variant = copy.deepcopy(runs[name])
             variant["optimization"]["loss"]["w_depth"] = weight
             runs[f"{name.removesuffix(' (balanced)')} (depth {weight:g})"] = variant
+    for mapping in runs.values():  # --set wins over the variants' own loss sections too
+        set_values(mapping, args.set)
     return runs
 
 
