@@ -29,6 +29,7 @@ from physmorph.optimize.e2e import (
     target_images_from_particles,
 )
 from physmorph.optimize.episode import EpisodeProblem, optimize_adam
+from physmorph.optimize.graphs import captured_rollout
 from physmorph.optimize.setup import build_setup
 from physmorph.render import Cameras, concatenate, intrinsics_from_fov, orbit_cameras
 from physmorph.surface import SurfaceConfig
@@ -98,8 +99,11 @@ def timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -
         args.steps,
         settings=render_settings,
     )
-    controls = (0.01 * torch.randn_like(problem.zero_controls())).requires_grad_()
-    phases: dict[str, list[float]] = {"simulate": [], "surface+render+losses": [], "mass loss": []}
+    rates = (0.01 * torch.randn_like(problem.zero_rates())).requires_grad_()
+    # the rollout and its 3D loss replay CUDA graphs where they can (as optimize_e2e's do)
+    captured = None if args.no_cuda_graph else captured_rollout(problem, rates)
+    simulate = "simulate + mass loss (replay)" if captured is not None else "simulate"
+    phases: dict[str, list[float]] = {simulate: [], "surface+render+losses": [], "mass loss": []}
     phases["backward"] = []
     phases["iteration"] = []
     if device.type == "cuda":
@@ -107,7 +111,10 @@ def timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -
     for repeat in range(args.repeats + 1):
         synchronize(device)
         t0 = time.perf_counter()
-        trajectory = problem.rollout(controls)
+        if captured is not None:
+            trajectory, physics = captured(rates, problem.initial)
+        else:
+            trajectory, physics = problem.rollout(problem.controls_from_rates(rates)), None
         synchronize(device)
         t1 = time.perf_counter()
         terms, _ = objective(trajectory)
@@ -115,10 +122,11 @@ def timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -
         render_total = sum(weights[name] * value for name, value in terms.items())
         synchronize(device)
         t2 = time.perf_counter()
-        total = render_total + losses.w_phys * problem.loss(trajectory)
+        physics = problem.loss(trajectory) if physics is None else physics
+        total = render_total + losses.w_phys * physics
         synchronize(device)
         t3 = time.perf_counter()
-        controls.grad = None
+        rates.grad = None
         total.backward()
         synchronize(device)
         t4 = time.perf_counter()
@@ -132,7 +140,8 @@ def timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -
         f"device {device} ({name}), "
         f"{dtype}, N = {particles} particles, {args.steps} steps, M = {args.gaussians} Gaussians, "
         f"{args.views} views at {args.resolution}², mpm backend {args.mpm_backend}, "
-        f"render backend {args.render_backend}, checkpoint {args.checkpoint}"
+        f"render backend {args.render_backend}, checkpoint {args.checkpoint}, "
+        f"CUDA graphs {'on' if captured is not None else 'off'}"
     )
     print(f"bind (setup, once): {bind_seconds:.2f} s")
     print(f"| {'phase':<24} | {'median ms':>10} |")
@@ -233,6 +242,7 @@ def main() -> None:
     parser.add_argument("--mpm-backend", choices=("auto", "torch", "triton"), default="auto")
     parser.add_argument("--render-backend", choices=("auto", "torch", "gsplat"), default="auto")
     parser.add_argument("--checkpoint", action="store_true", help="recompute MPM steps in backward")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="timing: launch the rollout's kernels eagerly")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--source", help="compare: source mesh path")
     parser.add_argument("--target", help="compare: target mesh path")

@@ -116,3 +116,68 @@ def test_gpu_a_capture_that_cuda_refuses_warns_and_runs_eagerly(monkeypatch):
     result = optimize_adam(problem, settings)  # the failure is remembered: eager, no second attempt
     assert len(graphs._CAPTURED) == before
     assert result.losses == pytest.approx(optimize_adam(problem, replace(settings, cuda_graph=False)).losses, rel=1e-7)
+
+
+def _e2e(problem: EpisodeProblem):
+    """A small image objective of `problem` (one 48² view of the target's particles, the default
+    balanced losses: the gradient takes two backward passes through the rollout)."""
+    from physmorph.losses.render_losses import RenderLossConfig
+    from physmorph.optimize.e2e import RenderObjective, RenderSettings, target_images_from_particles
+    from physmorph.render.cameras import Cameras, intrinsics, look_at
+    from physmorph.surface import SurfaceConfig, bind_surface
+
+    surface = SurfaceConfig(M=400, k_F=8, sigma0=0.4)
+    render = RenderSettings(backend="torch")
+    initial = problem.initial
+    K = intrinsics(40.0, 40.0, 24.0, 24.0, torch.float64).cuda()
+    camera = Cameras(look_at((2.0, -14.0, 3.0), (0.0, 0.0, 0.0), dtype=torch.float64).cuda()[None], K[None], 48, 48)
+    targets = target_images_from_particles(problem.target_points, camera, surface, render)
+    binding = bind_surface(initial.positions, initial.deformation_gradients, surface)
+    losses = RenderLossConfig(w_depth=0.0)
+    objective = RenderObjective.build(
+        binding, targets, losses, initial.positions, initial.deformation_gradients, problem.num_steps, settings=render
+    )
+    return binding, targets, losses, objective
+
+
+@pytest.mark.gpu
+def test_gpu_captured_rollout_gives_the_eager_balanced_e2e_gradient():
+    from physmorph.optimize.e2e import e2e_loss
+    from physmorph.optimize.graphs import captured_rollout
+
+    problem, _ = _problem("cuda")
+    _, _, losses, objective = _e2e(problem)
+    assert losses.balanced
+    rates = problem.zero_rates()
+    captured = captured_rollout(problem, rates.requires_grad_())
+    assert captured is not None
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    for scale in (0.0, 0.5):
+        trial = scale * torch.randn(rates.shape, generator=generator, device="cuda", dtype=rates.dtype)
+        results = []
+        for replayed in (False, True):
+            leaf = trial.clone().requires_grad_()
+            simulated = captured(leaf, problem.initial) if replayed else None
+            controls = None if replayed else problem.controls_from_rates(leaf)
+            evaluation = e2e_loss(problem, objective, controls, None, 1.0, [leaf], simulated)
+            evaluation.loss.backward()
+            results.append((evaluation.parts, float(evaluation.objective), leaf.grad))
+        (eager_parts, eager_objective, eager_gradient), (parts, objective_value, gradient) = results
+        assert parts == pytest.approx(eager_parts, rel=1e-9)
+        assert objective_value == pytest.approx(eager_objective, rel=1e-9)
+        assert eager_gradient.abs().max() > 0
+        torch.testing.assert_close(gradient, eager_gradient, rtol=1e-7, atol=1e-9 * eager_gradient.abs().max())
+
+
+@pytest.mark.gpu
+def test_gpu_captured_e2e_episode_matches_the_eager_episode():
+    from physmorph.optimize.e2e import optimize_e2e
+
+    problem, settings = _problem("cuda")
+    binding, targets, losses, objective = _e2e(problem)
+    render = objective.settings
+    eager = optimize_e2e(problem, binding, targets, losses, replace(settings, cuda_graph=False), render_settings=render)
+    replayed = optimize_e2e(problem, binding, targets, losses, settings, render_settings=render)
+    assert len(replayed.losses) == len(eager.losses) > 2
+    assert replayed.losses == pytest.approx(eager.losses, rel=1e-7)
+    torch.testing.assert_close(replayed.controls, eager.controls, rtol=1e-6, atol=1e-9)

@@ -35,6 +35,7 @@ from physmorph.mpm import Material, Trajectory
 from physmorph.optimize.adam import Divergence, ParameterGroup, Progress, adam_descent
 from physmorph.optimize.balance import balanced_objective, balanced_surrogate
 from physmorph.optimize.episode import EpisodeProblem
+from physmorph.optimize.graphs import captured_rollout
 from physmorph.render import Cameras, Images, RenderConfig, render
 from physmorph.render.renderer import Backend
 from physmorph.surface import (
@@ -342,10 +343,11 @@ def anchor_term(problem: EpisodeProblem, losses: RenderLossConfig) -> tuple[str 
 def e2e_loss(
     problem: EpisodeProblem,
     objective: RenderObjective,
-    controls: torch.Tensor,
+    controls: torch.Tensor | None,
     material: Material | None = None,
     progress: float = 1.0,
     parameters: Sequence[torch.Tensor] | None = None,
+    simulated: tuple[Trajectory, torch.Tensor] | None = None,
 ) -> E2EEvaluation:
     """The anchor term (w_phys · physics loss, or w_hull · hull loss for an image-only target;
     see `anchor_term`) + weighted render terms at training `progress` ∈ [0, 1] for `controls`
@@ -355,18 +357,26 @@ def e2e_loss(
     With `losses.render_gradient_ratio` set and the trained leaf tensors given as `parameters`,
     `loss` is instead a surrogate whose gradient is the balanced one (`balanced_gradient`: the
     render gradient scaled to that share of the physics gradient, its opposing part dropped);
-    `objective` stays the plain weighted sum."""
-    if material is not None:
-        problem = dataclasses.replace(problem, model=problem.model.with_material(material))
-    trajectory = problem.rollout(controls)
+    `objective` stays the plain weighted sum.
+
+    simulated: the rollout of the controls under the problem's material and its
+    EpisodeProblem.loss, made already (a CUDA-graph replay, physmorph.optimize.graphs); then
+    `controls` and `material` are not used."""
+    if simulated is None:
+        if material is not None and material is not problem.model.material:
+            problem = dataclasses.replace(problem, model=problem.model.with_material(material))
+        trajectory, physics_loss = problem.rollout(controls), None
+    else:
+        trajectory, physics_loss = simulated
     terms, images = objective(trajectory)
     losses = objective.losses
     anchor, anchor_weight = anchor_term(problem, losses)
     if anchor is not None:
-        terms = {anchor: problem.loss(trajectory), **terms}
+        terms = {anchor: problem.loss(trajectory) if physics_loss is None else physics_loss, **terms}
     scheduled = {anchor: anchor_weight, **losses.weights(progress)}
     full = {anchor: anchor_weight, **losses.weights(1.0)}
-    zero = torch.zeros((), dtype=controls.dtype, device=controls.device)
+    like = trajectory.positions
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
     loss = sum((scheduled[name] * term for name, term in terms.items()), zero)
     unscheduled = sum((full[name] * term.detach() for name, term in terms.items()), zero)
     physics = terms.get(anchor)
@@ -443,6 +453,10 @@ def optimize_e2e(
     term_history: list[dict[str, float]] = []
     start: tuple[float, float] | None = None  # objective parts at the episode's start
 
+    # the rollout and its 3D loss replay CUDA graphs where the problem allows (the material is then fixed)
+    with_graph = settings.cuda_graph and material == "none" and anchor_term(problem, losses)[0] is not None
+    captured = captured_rollout(problem, controls) if with_graph else None
+
     def evaluate(iteration: int, fraction: float) -> tuple[torch.Tensor, float]:
         nonlocal start
         term_history.append({})  # stays empty when the rollout diverges
@@ -450,10 +464,11 @@ def optimize_e2e(
         evaluation = e2e_loss(
             problem,
             objective,
-            problem.controls_from_rates(controls),
+            None if captured is not None else problem.controls_from_rates(controls),
             _material(base_material, material, material_parameters),
             fraction,
             trained,
+            captured(controls, problem.initial) if captured is not None else None,
         )
         value = evaluation.objective.item()
         if losses.balanced:
