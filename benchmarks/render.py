@@ -4,6 +4,11 @@
     .venv/bin/python benchmarks/render.py --device cuda         # 50k/200k/1M at 512² and 1080p
     .venv/bin/python benchmarks/render.py --sizes 50k,200k --resolutions 512x512 --repeats 5
 
+Backends: torch (pure PyTorch), gsplat (physmorph.render through gsplat, shading and normalisation
+in the fused Triton kernels), gsplat-reference (the same with `fused=False`: PyTorch ops around
+gsplat) and gsplat-direct (`gsplat.rasterization` alone on the same Gaussians, the same feature
+channels, antialiasing and planes: what physmorph's path costs on top of is measured against it).
+
 Scene: N Gaussians on a sphere of radius 10 (reference grid units) seen by the reference camera
 pose (eye (20, −25, 15), z-up) with fx = fy = 475·H/720, Phong shading, normals on; σ shrinks
 with N so the surface stays closed (σ = 0.6·√(area/N)).
@@ -66,27 +71,29 @@ def _time(function, device: str, repeats: int) -> float:
 
 def _run(gaussians: Gaussians, cameras: Cameras, lighting: LightingConfig, backend: str) -> list[torch.Tensor]:
     """physmorph's render (Phong, rgb + alpha + depth + normals), or gsplat called directly with the
-    same Gaussians and the same output channels (colour and normal features, accumulated depth)."""
+    same Gaussians, settings and output channels (colour and normal features, accumulated depth)."""
     if backend != "gsplat-direct":
-        images = render(gaussians, cameras, shading=lighting, backend=backend)
+        fused = backend != "gsplat-reference"
+        images = render(gaussians, cameras, shading=lighting, backend=backend.split("-")[0], fused=fused)
         return [images.rgb, images.alpha, images.depth, images.normal]
     import gsplat
 
-    count = gaussians.means.shape[0]
-    colors = torch.full((count, 3), 0.5, device=gaussians.means.device)
     image, alpha, _ = gsplat.rasterization(
         gaussians.means,
         None,
         None,
         gaussians.opacities,
-        torch.cat([colors, gaussians.normals], -1),
+        gaussians.colors,
         cameras.viewmats,
         cameras.Ks,
         cameras.width,
         cameras.height,
+        near_plane=cameras.znear,
+        far_plane=cameras.zfar,
         eps2d=0.3,
         packed=False,
         render_mode="RGB+D",
+        rasterize_mode="antialiased",
         covars=gaussians.covariances,
     )
     return [image, alpha]
@@ -98,19 +105,25 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="Gaussian counts, e.g. 50k,200k,1M")
     parser.add_argument("--resolutions", default=None, help="WxH list, e.g. 512x512,1920x1080")
     parser.add_argument(
-        "--backends", default=None, help="torch,gsplat,gsplat-direct (default: all usable; direct = gsplat alone)"
+        "--backends",
+        default=None,
+        help="torch,gsplat,gsplat-reference,gsplat-direct (default: all usable; direct = gsplat alone)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     sizes = args.sizes or ("50k,200k,1M" if cuda else "50k")
     resolutions = args.resolutions or ("512x512,1920x1080" if cuda else "256x256,512x512")
-    backends = args.backends or ("torch,gsplat,gsplat-direct" if cuda and gsplat_available() else "torch")
+    usable = cuda and gsplat_available()
+    backends = args.backends or ("torch,gsplat,gsplat-reference,gsplat-direct" if usable else "torch")
     lighting = LightingConfig()
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; best of {args.repeats} after one warm-up")
-    print(f"{'backend':13} {'gaussians':>10} {'resolution':>10} {'forward ms':>11} {'fwd+bwd ms':>11}")
-    for backend in backends.split(","):
+    print(
+        f"{'backend':16} {'gaussians':>10} {'resolution':>10} {'forward ms':>11} {'fwd+bwd ms':>11} {'vs direct':>16}"
+    )
+    direct = {}
+    for backend in sorted(backends.split(","), key=lambda name: name != "gsplat-direct"):
         for size in sizes.split(","):
             count = _count(size)
             base = _scene(count, args.device)
@@ -118,7 +131,10 @@ def main() -> None:
                 width, height = (int(v) for v in resolution.lower().split("x"))
                 cameras = _camera(width, height, args.device)
                 leaves = [base.means.clone().requires_grad_(True), base.covariances.clone().requires_grad_(True)]
-                gaussians = Gaussians(leaves[0], leaves[1], base.normals, None, base.opacities)
+                colors = None
+                if backend == "gsplat-direct":  # the six channels physmorph gives gsplat: colour, normal
+                    colors = torch.cat([torch.full_like(base.normals, 0.5), base.normals], -1)
+                gaussians = Gaussians(leaves[0], leaves[1], base.normals, colors, base.opacities)
 
                 def forward(gaussians=gaussians, cameras=cameras, backend=backend):
                     with torch.no_grad():
@@ -127,11 +143,18 @@ def main() -> None:
                 def forward_backward(gaussians=gaussians, cameras=cameras, backend=backend):
                     sum(output.sum() for output in _run(gaussians, cameras, lighting, backend)).backward()
 
-                seconds_forward = _time(forward, args.device, args.repeats)
-                seconds_both = _time(forward_backward, args.device, args.repeats)
+                seconds = (
+                    _time(forward, args.device, args.repeats),
+                    _time(forward_backward, args.device, args.repeats),
+                )
+                if backend == "gsplat-direct":
+                    direct[count, resolution] = seconds
+                reference = direct.get((count, resolution))
+                ratio = "" if reference is None else "/".join(f"{t / r - 1:+.0%}" for t, r in zip(seconds, reference))
                 print(
-                    f"{backend:13} {count:>10,} {resolution:>10} {1e3 * seconds_forward:>11.2f} "
-                    f"{1e3 * seconds_both:>11.2f}"
+                    f"{backend:16} {count:>10,} {resolution:>10} {1e3 * seconds[0]:>11.2f} {1e3 * seconds[1]:>11.2f} "
+                    f"{ratio:>16}",
+                    flush=True,
                 )
 
 

@@ -9,11 +9,12 @@ from typing import Literal
 
 import torch
 
+from physmorph.device_constants import device_constant
 from physmorph.errors import InputError
 from physmorph.render.cameras import Cameras
 from physmorph.render.config import LightingConfig
 from physmorph.render.rasterize import MAX_ALPHA, project_gaussians, rasterize
-from physmorph.render.shading import composite_background, shade
+from physmorph.render.shading import check_background, composite_background, shade
 from physmorph.surface.gaussians import Gaussians
 
 Backend = Literal["auto", "torch", "gsplat"]
@@ -125,30 +126,26 @@ def _render_torch(
     return torch.stack(images), torch.stack(alphas)
 
 
-def _render_gsplat(
+def _rasterize_gsplat(
     means: torch.Tensor,
     covariances: torch.Tensor,
     opacities: torch.Tensor,
-    colors: torch.Tensor,
-    normals: torch.Tensor | None,
+    features: torch.Tensor,
     cameras: Cameras,
     width: int,
     height: int,
     tile_size: int | None,
     antialias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same outputs as _render_torch through gsplat's CUDA rasteriser."""
+    """gsplat's RGB+D render [C, H, W, D + 1] (features, then Σ w z) and alpha [C, H, W, 1] of
+    Gaussians with symmetric covariances and opacities at most 0.99."""
     import gsplat
 
-    features = colors
-    if normals is not None:
-        features = torch.cat([colors, normals.expand(colors.shape[0], *normals.shape)], -1)
-    # gsplat clamps alpha at 0.999; clamping the opacity keeps alpha <= 0.99 as in 3DGS.
     rendered, alpha, _ = gsplat.rasterization(
         means,
         None,
         None,
-        opacities.clamp(max=MAX_ALPHA),
+        opacities,
         features,
         cameras.viewmats,
         cameras.Ks,
@@ -163,8 +160,90 @@ def _render_gsplat(
         rasterize_mode="antialiased" if antialias else "classic",
         covars=covariances,
     )
+    return rendered, alpha
+
+
+def _render_gsplat(
+    means: torch.Tensor,
+    covariances: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    normals: torch.Tensor | None,
+    cameras: Cameras,
+    width: int,
+    height: int,
+    tile_size: int | None,
+    antialias: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same outputs as _render_torch through gsplat's CUDA rasteriser."""
+    features = colors
+    if normals is not None:
+        features = torch.cat([colors, normals.expand(colors.shape[0], *normals.shape)], -1)
+    # gsplat clamps alpha at 0.999; clamping the opacity keeps alpha <= 0.99 as in 3DGS.
+    rendered, alpha = _rasterize_gsplat(
+        means, covariances, opacities.clamp(max=MAX_ALPHA), features, cameras, width, height, tile_size, antialias
+    )
     image = torch.cat([rendered[..., :3], rendered[..., -1:], rendered[..., 3:-1]], -1)
     return image, alpha[..., 0]
+
+
+def _render_gsplat_fused(
+    gaussians: Gaussians,
+    albedo: torch.Tensor,
+    opacities: torch.Tensor,
+    cameras: Cameras,
+    width: int,
+    height: int,
+    background: torch.Tensor,
+    shading: LightingConfig | None,
+    tile_size: int | None,
+    antialias: bool,
+) -> Images:
+    """`render` through gsplat with the shading and normalisation in Triton kernels (fused.py)."""
+    from physmorph.render import fused as fused_kernels
+
+    check_background(background, torch.Size((len(cameras), height, width, 3)))
+    features, covariances, clamped = fused_kernels.prepare_gaussians(
+        albedo,
+        gaussians.means,
+        gaussians.normals,
+        gaussians.covariances,
+        opacities,
+        cameras.viewmats,
+        shading,
+        MAX_ALPHA,
+    )
+    rendered, alpha = _rasterize_gsplat(
+        gaussians.means, covariances, clamped, features, cameras, width, height, tile_size, antialias
+    )
+    rgb, depth, normal = fused_kernels.finish_images(rendered, alpha, background, _COVERED)
+    return Images(rgb, alpha[..., 0], depth, normal)
+
+
+def finish_images(features: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> dict:
+    """rgb, depth and normal (None without normal channels) of `Images` from premultiplied
+    features [C, H, W, 4 or 7] (colour, Σ w z, then Σ w n) and alpha [C, H, W]."""
+    covered = alpha > _COVERED
+    safe_alpha = torch.where(covered, alpha, 1.0)
+    normal = None
+    if features.shape[-1] == 7:
+        summed = features[..., 4:7]
+        length = torch.linalg.vector_norm(summed, dim=-1, keepdim=True)
+        safe_length = torch.where(covered[..., None], length, 1.0).clamp_min(1e-12)
+        normal = torch.where(covered[..., None], summed / safe_length, 0.0)
+    return {
+        "rgb": composite_background(features[..., :3], alpha, background),
+        "depth": torch.where(covered, features[..., 3] / safe_alpha, 0.0),
+        "normal": normal,
+    }
+
+
+def _constant(values: torch.Tensor | Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A colour or image as a tensor on the device; host numbers through the shared constants,
+    since each host-to-device copy would wait for the GPU."""
+    if isinstance(values, torch.Tensor):
+        return values.to(dtype=dtype, device=device)
+    return device_constant(tuple(float(v) for v in values), dtype, device)
 
 
 def render(
@@ -181,6 +260,7 @@ def render(
     tile_size: int | None = None,
     chunk_elements: int = 1 << 20,
     antialias: bool = True,
+    fused: bool = True,
 ) -> Images:
     """Render M Gaussians into C cameras; differentiable w.r.t. means, covariances, colours,
     opacities and normals.
@@ -197,6 +277,8 @@ def render(
       footprint); chunk_elements: work-block size (tiles × pixels × Gaussians) of the torch backend.
     antialias: scale opacities by √(det Σ₂ / det(Σ₂ + 0.3·I)) for the 0.3 px² low-pass filter
       (gsplat's "antialiased" mode; `rasterize.project_gaussians`); False gives classic 3DGS.
+    fused: with gsplat, shade and normalise in Triton kernels (render/fused.py; the same images
+      and gradients in one kernel per side); False runs the PyTorch reference ops around gsplat.
     """
     count = _check(gaussians)
     means = gaussians.means
@@ -204,15 +286,20 @@ def render(
     width = cameras.width if width is None else int(width)
     height = cameras.height if height is None else int(height)
     cameras = cameras.to(device=device, dtype=dtype)
-    covariances = 0.5 * (gaussians.covariances + gaussians.covariances.transpose(-1, -2))
     albedo = gaussians.colors
     if albedo is None:
-        albedo = torch.as_tensor(default_color, dtype=dtype, device=device).expand(count, 3)
+        albedo = _constant(default_color, dtype, device).expand(count, 3)
     opacities = gaussians.opacities
     if opacities is None:
-        opacities = torch.full((count,), float(default_opacity), dtype=dtype, device=device)
-    colors = shade(albedo, means, gaussians.normals, cameras.positions, shading)
+        opacities = _constant((default_opacity,), dtype, device).expand(count)
+    background = _constant(background, dtype, device)
     chosen = _choose_backend(backend, means)
+    if chosen == "gsplat" and fused and not (cameras.viewmats.requires_grad or background.requires_grad):
+        return _render_gsplat_fused(
+            gaussians, albedo, opacities, cameras, width, height, background, shading, tile_size, antialias
+        )
+    covariances = 0.5 * (gaussians.covariances + gaussians.covariances.transpose(-1, -2))
+    colors = shade(albedo, means, gaussians.normals, cameras.positions, shading)
     if chosen == "gsplat":
         features, alpha = _render_gsplat(
             means,
@@ -240,15 +327,4 @@ def render(
             chunk_elements,
             antialias,
         )
-    background = torch.as_tensor(background, dtype=dtype, device=device)
-    rgb = composite_background(features[..., :3], alpha, background)
-    covered = alpha > _COVERED
-    safe_alpha = torch.where(covered, alpha, 1.0)
-    depth = torch.where(covered, features[..., 3] / safe_alpha, 0.0)
-    normal = None
-    if gaussians.normals is not None:
-        summed = features[..., 4:7]
-        length = torch.linalg.vector_norm(summed, dim=-1, keepdim=True)
-        safe_length = torch.where(covered[..., None], length, 1.0).clamp_min(1e-12)
-        normal = torch.where(covered[..., None], summed / safe_length, 0.0)
-    return Images(rgb, alpha, depth, normal)
+    return Images(alpha=alpha, **finish_images(features, alpha, background))

@@ -13,6 +13,15 @@ def _unit(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / length.clamp_min(torch.finfo(vectors.dtype).tiny ** 0.5)
 
 
+def require_normals(normals: torch.Tensor | None, lighting: LightingConfig | None) -> None:
+    """Raise InputError when `lighting` shades by normal and there are none."""
+    if normals is None and lighting is not None and lighting.model != "flat":
+        raise InputError(
+            f"{lighting.model} shading needs per-Gaussian normals, but the Gaussians have none; "
+            "give Gaussians.normals or use lighting model 'flat'"
+        )
+
+
 def shade(
     albedo: torch.Tensor,
     means: torch.Tensor,
@@ -33,13 +42,9 @@ def shade(
     Returns [C, M, 3].
     """
     count = camera_positions.shape[0]
+    require_normals(normals, lighting)
     if lighting is None or lighting.model == "flat":
         return albedo.expand(count, *albedo.shape)
-    if normals is None:
-        raise InputError(
-            f"{lighting.model} shading needs per-Gaussian normals, but the Gaussians have none; "
-            "give Gaussians.normals or use lighting model 'flat'"
-        )
     light = _unit(torch.as_tensor(lighting.direction, dtype=albedo.dtype, device=albedo.device))
     view = _unit(camera_positions[:, None, :] - means[None, :, :])
     normal = _unit(normals).expand_as(view)
@@ -56,15 +61,20 @@ def shade(
     return color
 
 
+def check_background(background: torch.Tensor, shape: torch.Size) -> None:
+    """Raise InputError unless `background` is a colour [3], an image [H, W, 3] or images
+    [C, H, W, 3] for rgb images of `shape` [C, H, W, 3]."""
+    if background.shape not in ((3,), shape[1:], shape):
+        raise InputError(
+            f"background has shape {tuple(background.shape)}; expected [3], {list(shape[1:])} or {list(shape)}"
+        )
+
+
 def composite_background(color: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """rgb = color + (1 − alpha)·background.
 
     color: [C, H, W, 3] premultiplied (Σ w_i c_i); alpha: [C, H, W];
     background: [3] colour, [H, W, 3] image or [C, H, W, 3] per-camera images.
     """
-    if background.shape not in ((3,), color.shape[1:], color.shape):
-        raise InputError(
-            f"background has shape {tuple(background.shape)}; expected [3], "
-            f"{list(color.shape[1:])} or {list(color.shape)}"
-        )
+    check_background(background, color.shape)
     return color + (1.0 - alpha).unsqueeze(-1) * background
