@@ -87,7 +87,7 @@ def timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -
     synchronize(device)
     bind_seconds = time.perf_counter() - start
     cameras = cameras_around(args.views, args.resolution, dtype, device)
-    render_settings = RenderSettings(backend=args.render_backend)
+    render_settings = RenderSettings(backend=args.render_backend, fused=not args.reference_render)
     targets = target_images_from_particles(target_points, cameras, surface, render_settings)
     losses = RenderLossConfig(target_cov_scale=args.sigma0)
     objective = RenderObjective.build(
@@ -140,7 +140,8 @@ def timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -
         f"device {device} ({name}), "
         f"{dtype}, N = {particles} particles, {args.steps} steps, M = {args.gaussians} Gaussians, "
         f"{args.views} views at {args.resolution}², mpm backend {args.mpm_backend}, "
-        f"render backend {args.render_backend}, checkpoint {args.checkpoint}, "
+        f"render backend {args.render_backend} ({'reference' if args.reference_render else 'fused'} ops around "
+        f"gsplat), checkpoint {args.checkpoint}, "
         f"CUDA graphs {'on' if captured is not None else 'off'}"
     )
     print(f"bind (setup, once): {bind_seconds:.2f} s")
@@ -241,6 +242,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up")
     parser.add_argument("--mpm-backend", choices=("auto", "torch", "triton"), default="auto")
     parser.add_argument("--render-backend", choices=("auto", "torch", "gsplat"), default="auto")
+    parser.add_argument(
+        "--reference-render", action="store_true", help="timing: PyTorch ops around gsplat instead of the fused kernels"
+    )
     parser.add_argument("--checkpoint", action="store_true", help="recompute MPM steps in backward")
     parser.add_argument("--no-cuda-graph", action="store_true", help="timing: launch the rollout's kernels eagerly")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 
 import torch
@@ -55,18 +56,17 @@ def _camera(width: int, height: int, device: str) -> Cameras:
     return Cameras(viewmat[None], K[None], width, height)
 
 
-def _time(function, device: str, repeats: int) -> float:
-    function()
-    samples = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def _sample(function, device: str, calls: int) -> float:
+    """Seconds per call of `calls` back-to-back calls (as an optimisation loop makes them), from
+    an idle device to the end of their work."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
         function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return min(samples)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
 
 
 def _run(gaussians: Gaussians, cameras: Cameras, lighting: LightingConfig, backend: str) -> list[torch.Tensor]:
@@ -109,27 +109,33 @@ def main() -> None:
         default=None,
         help="torch,gsplat,gsplat-reference,gsplat-direct (default: all usable; direct = gsplat alone)",
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9, help="rounds; each backend takes one sample per round")
+    parser.add_argument("--calls", type=int, default=None, help="back-to-back calls per sample (CUDA 10, CPU 1)")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
+    args.calls = args.calls or (10 if cuda else 1)
     sizes = args.sizes or ("50k,200k,1M" if cuda else "50k")
     resolutions = args.resolutions or ("512x512,1920x1080" if cuda else "256x256,512x512")
     usable = cuda and gsplat_available()
     backends = args.backends or ("torch,gsplat,gsplat-reference,gsplat-direct" if usable else "torch")
     lighting = LightingConfig()
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; best of {args.repeats} after one warm-up")
+    print(
+        f"device: {name}; torch {torch.__version__}; ms per call, median of {args.repeats} rounds of "
+        f"{args.calls} back-to-back calls after one warm-up, the backends taking turns in each round"
+    )
     print(
         f"{'backend':16} {'gaussians':>10} {'resolution':>10} {'forward ms':>11} {'fwd+bwd ms':>11} {'vs direct':>16}"
     )
-    direct = {}
-    for backend in sorted(backends.split(","), key=lambda name: name != "gsplat-direct"):
-        for size in sizes.split(","):
-            count = _count(size)
-            base = _scene(count, args.device)
-            for resolution in resolutions.split(","):
-                width, height = (int(v) for v in resolution.lower().split("x"))
-                cameras = _camera(width, height, args.device)
+    order = sorted(backends.split(","), key=lambda name: name != "gsplat-direct")
+    for size in sizes.split(","):
+        count = _count(size)
+        base = _scene(count, args.device)
+        for resolution in resolutions.split(","):
+            width, height = (int(v) for v in resolution.lower().split("x"))
+            cameras = _camera(width, height, args.device)
+            calls = {}
+            for backend in order:
                 leaves = [base.means.clone().requires_grad_(True), base.covariances.clone().requires_grad_(True)]
                 colors = None
                 if backend == "gsplat-direct":  # the six channels physmorph gives gsplat: colour, normal
@@ -143,13 +149,16 @@ def main() -> None:
                 def forward_backward(gaussians=gaussians, cameras=cameras, backend=backend):
                     sum(output.sum() for output in _run(gaussians, cameras, lighting, backend)).backward()
 
-                seconds = (
-                    _time(forward, args.device, args.repeats),
-                    _time(forward_backward, args.device, args.repeats),
-                )
-                if backend == "gsplat-direct":
-                    direct[count, resolution] = seconds
-                reference = direct.get((count, resolution))
+                calls[backend] = (forward, forward_backward)
+                forward_backward()
+            samples = {backend: ([], []) for backend in order}
+            for _ in range(args.repeats):
+                for backend, functions in calls.items():
+                    for function, times in zip(functions, samples[backend]):
+                        times.append(_sample(function, args.device, args.calls))
+            medians = {backend: tuple(statistics.median(t) for t in times) for backend, times in samples.items()}
+            for backend, seconds in medians.items():
+                reference = medians.get("gsplat-direct")
                 ratio = "" if reference is None else "/".join(f"{t / r - 1:+.0%}" for t, r in zip(seconds, reference))
                 print(
                     f"{backend:16} {count:>10,} {resolution:>10} {1e3 * seconds[0]:>11.2f} {1e3 * seconds[1]:>11.2f} "

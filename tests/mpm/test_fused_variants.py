@@ -31,6 +31,7 @@ from triton.runtime.jit import JITFunction, create_function_from_signature
 import physmorph.mpm.fused as fused
 from physmorph.mpm import State
 from physmorph.mpm.fused import kernels
+from physmorph.triton_jit import runtime_arguments
 from tests.mpm.test_fused import _model, _setup
 
 simulate = importlib.import_module("physmorph.mpm.simulate")
@@ -41,7 +42,7 @@ variants = {}
 class Specialising:
     # an interpreted kernel whose launches also record the JIT's specialisation of their arguments
     def __init__(self, name, interpreted):
-        names = kernels.runtime_arguments(interpreted.fn)
+        names = runtime_arguments(interpreted.fn)
         jit = JITFunction(interpreted.fn, do_not_specialize=names, do_not_specialize_on_alignment=names)
         self.bind = create_function_from_signature(jit.signature, jit.params, backend)
         self.name, self.interpreted = name, interpreted

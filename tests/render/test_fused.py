@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,14 @@ def reference_prepare(albedo, means, normals, covariances, opacities, viewmats, 
     rotation, translation = viewmats[:, :3, :3], viewmats[:, :3, 3]
     positions = -(rotation.transpose(-1, -2) @ translation[..., None])[..., 0]
     colors = shade(albedo, means, normals, positions, lighting)
-    features = colors if normals is None else torch.cat([colors, normals.expand(len(viewmats), *normals.shape)], -1)
-    return features, 0.5 * (covariances + covariances.transpose(-1, -2)), opacities.clamp(max=0.99)
+    depths = means @ rotation[:, 2, :, None] + translation[:, 2, None, None]  # [C, M, 1] camera z
+    channels = [colors, depths]
+    if normals is not None:
+        normal = normals.expand(len(viewmats), *normals.shape)
+        channels = [colors, normal, depths, torch.zeros_like(depths)]
+    symmetric = 0.5 * (covariances + covariances.transpose(-1, -2))
+    upper = symmetric[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    return torch.cat(channels, -1), upper, opacities.clamp(max=0.99)
 
 
 def _relative(a: torch.Tensor | None, r: torch.Tensor | None) -> float:
@@ -93,7 +100,7 @@ def _finish_inputs(
     alpha = torch.rand(cameras, height, width, 1, generator=g)
     alpha[0, :3] = 0.0
     alpha[1, 0, :5] = 1e-3  # below the covered threshold
-    channels = 7 if normals else 4
+    channels = 8 if normals else 4
     features = torch.randn(cameras, height, width, channels, generator=g) * alpha
     background = torch.rand(cameras, height, width, 3, generator=g) if per_camera_background else torch.rand(3)
     values = {"features": features, "alpha": alpha, "background": background}
@@ -101,8 +108,10 @@ def _finish_inputs(
 
 
 def _reference_finish(features, alpha, background):
-    """renderer.finish_images on gsplat's channel order (colour, normals, depth)."""
-    torch_layout = torch.cat([features[..., :3], features[..., -1:], features[..., 3:-1]], -1)
+    """renderer.finish_images on the fused layout (colour, normal, depth, zero)."""
+    torch_layout = features
+    if features.shape[-1] == 8:
+        torch_layout = torch.cat([features[..., :3], features[..., 6:7], features[..., 3:6]], -1)
     images = finish_images(torch_layout, alpha[..., 0], background)
     return images["rgb"], images["depth"], images["normal"]
 
@@ -129,6 +138,14 @@ def comparison_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
         if name == "phong":
             only_colour = _compare(fused, reference, inputs, differentiable, select=slice(0, 1))
             errors["phong-colour-cotangent-only"] = max(only_colour.values())
+
+            def widened(implementation, **leaves):
+                # gsplat appends the depth column the same way: the gradient comes back as a slice
+                features = implementation(**leaves)[0]
+                return (torch.cat([features, features[..., :1]], -1),)
+
+            sliced = _compare(partial(widened, fused), partial(widened, reference), inputs, differentiable)
+            errors["phong-sliced-cotangent"] = max(sliced.values())
     flat = _gaussian_inputs(300, dtype, device, seed=1)
     flat["normals"] = None
     flat["albedo"] = flat["albedo"][:1].expand(300, 3)
@@ -201,7 +218,7 @@ def test_fused_render_kernels_in_the_interpreter_match_the_reference_and_pass_gr
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["gradcheck"]
-    assert len(result["errors"]) == 14 and all(error < 1e-10 for error in result["errors"].values()), result
+    assert len(result["errors"]) == 15 and all(error < 1e-10 for error in result["errors"].values()), result
 
 
 @pytest.mark.gpu

@@ -61,6 +61,7 @@ class RenderSettings:
     backend: 'auto', 'torch' or 'gsplat' (see physmorph.render.render)
     surface_scale, surface_flatness: the surfels' size factor and σ_n / σ_t (None: the
              binding's), floats or tensors that may require grad (see synthesize_surface)
+    fused:   with gsplat, shade and normalise in the Triton kernels (physmorph.render.render)
     """
 
     config: RenderConfig = field(default_factory=RenderConfig)
@@ -68,6 +69,7 @@ class RenderSettings:
     backend: Backend = "auto"
     surface_scale: torch.Tensor | float = 1.0
     surface_flatness: torch.Tensor | float | None = None
+    fused: bool = True
 
 
 def render_state(
@@ -91,6 +93,7 @@ def render_state(
         default_color=settings.config.particle_color,
         default_opacity=settings.opacity,
         backend=settings.backend,
+        fused=settings.fused,
     )
     return gaussians, images
 

@@ -4,16 +4,20 @@ The reference path (renderer.py, shading.py) runs each of these steps as separat
 kernels: about 45 launches forward and 90 backward, which on the GPU cost more than gsplat
 itself. Here each side is one kernel forward and one backward, with hand-written adjoints:
 
-- `prepare_gaussians`: symmetrised covariances, opacities clamped at 0.99 and gsplat's feature
-  tensor [C, M, 3 or 6] (colour shaded per camera as `shading.shade` does, then the raw normals),
-  camera centres read from the view matrices inside the kernel;
-- `finish_images`: gsplat's RGB+D output [C, H, W, 3 (+3) + 1] and alpha to the composited rgb,
+- `prepare_gaussians`: the inputs of gsplat's projection and rasteriser: the symmetrised
+  covariances in gsplat's upper-triangle layout [M, 6], opacities clamped at 0.99 and the
+  per-camera features [C, M, 4 or 8]: colour shaded as `shading.shade` does, the raw normal,
+  the camera depth of the centre (what gsplat's RGB+D mode appends) and a zero channel, with
+  the camera centres and depth axes read from the view matrices inside the kernel;
+- `finish_images`: the rendered features [C, H, W, 4 or 8] and alpha to the composited rgb,
   the depth Σ w z / α and the unit normal, as `renderer.render` defines them.
 
 Only imported where Triton is (CUDA runs; tests use Triton's CPU interpreter).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -22,9 +26,13 @@ import triton.language as tl
 from physmorph.device_constants import device_constant
 from physmorph.render.config import LightingConfig
 from physmorph.render.shading import require_normals
+from physmorph.triton_jit import launched_kernel
 
 SHADING_MODELS = {"flat": 0, "lambert": 1, "phong": 2}
 BLOCK = 256
+
+# Feature rows: colour + depth (4 channels), or colour, normal, depth and one zero channel (8:
+# gsplat's rasteriser takes 8 channels but not 7, which it would pad and copy).
 
 
 @triton.jit
@@ -45,10 +53,34 @@ def _camera_centre(viewmats, c):
 
 
 @triton.jit
+def _store_upper(covariances, upper, m, live, k: tl.constexpr, j: tl.constexpr, slot: tl.constexpr):
+    """Entry (k, j), k <= j, of the symmetrised covariance ½(Σ + Σᵀ) into slot `slot` of gsplat's
+    upper-triangle layout (00, 01, 02, 11, 12, 22)."""
+    a = tl.load(covariances + m * 9 + 3 * k + j, mask=live)
+    b = tl.load(covariances + m * 9 + 3 * j + k, mask=live)
+    tl.store(upper + m * 6 + slot, 0.5 * (a + b), mask=live)
+
+
+@triton.jit
+def _spread_upper(
+    grad_upper, grad_covariances, m, live, k: tl.constexpr, j: tl.constexpr, slot: tl.constexpr, HAS: tl.constexpr
+):
+    """The adjoint of _store_upper: half of an off-diagonal slot's gradient to (k, j) and (j, k)."""
+    value = tl.zeros(m.shape, grad_covariances.dtype.element_ty)
+    if HAS:
+        value = tl.load(grad_upper + m * 6 + slot, mask=live)
+    if k == j:
+        tl.store(grad_covariances + m * 9 + 4 * k, value, mask=live)
+    else:
+        tl.store(grad_covariances + m * 9 + 3 * k + j, 0.5 * value, mask=live)
+        tl.store(grad_covariances + m * 9 + 3 * j + k, 0.5 * value, mask=live)
+
+
+@launched_kernel
 def _prepare_forward(
     albedo, albedo_stride_m, albedo_stride_k,
     means, normals, covariances, opacities, opacity_stride,
-    viewmats, features, symmetric, clamped,
+    viewmats, features, upper, clamped,
     count, cameras,
     parameters,
     MODEL: tl.constexpr, TWO_SIDED: tl.constexpr, HAS_NORMALS: tl.constexpr, BLOCK: tl.constexpr,
@@ -58,29 +90,33 @@ def _prepare_forward(
     light_x, light_y, light_z = tl.load(parameters + 0), tl.load(parameters + 1), tl.load(parameters + 2)
     ambient, diffuse, specular = tl.load(parameters + 3), tl.load(parameters + 4), tl.load(parameters + 5)
     shininess, eps, max_opacity = tl.load(parameters + 6), tl.load(parameters + 7), tl.load(parameters + 8)
-    for k in tl.static_range(3):
-        for j in tl.static_range(3):
-            a = tl.load(covariances + m * 9 + 3 * k + j, mask=live)
-            b = tl.load(covariances + m * 9 + 3 * j + k, mask=live)
-            tl.store(symmetric + m * 9 + 3 * k + j, 0.5 * (a + b), mask=live)
+    _store_upper(covariances, upper, m, live, 0, 0, 0)
+    _store_upper(covariances, upper, m, live, 0, 1, 1)
+    _store_upper(covariances, upper, m, live, 0, 2, 2)
+    _store_upper(covariances, upper, m, live, 1, 1, 3)
+    _store_upper(covariances, upper, m, live, 1, 2, 4)
+    _store_upper(covariances, upper, m, live, 2, 2, 5)
     opacity = tl.load(opacities + m * opacity_stride, mask=live)
     tl.store(clamped + m, tl.minimum(opacity, max_opacity), mask=live)
     red = tl.load(albedo + m * albedo_stride_m, mask=live)
     green = tl.load(albedo + m * albedo_stride_m + albedo_stride_k, mask=live)
     blue = tl.load(albedo + m * albedo_stride_m + 2 * albedo_stride_k, mask=live)
-    channels = 6 if HAS_NORMALS else 3
+    channels = 8 if HAS_NORMALS else 4
+    depth_channel = 6 if HAS_NORMALS else 3
     if HAS_NORMALS:
         nx = tl.load(normals + m * 3, mask=live)
         ny = tl.load(normals + m * 3 + 1, mask=live)
         nz = tl.load(normals + m * 3 + 2, mask=live)
         scale = _unit_scale(tl.sqrt(nx * nx + ny * ny + nz * nz), eps)
         ux, uy, uz = nx * scale, ny * scale, nz * scale
-    if MODEL != 0:
-        px = tl.load(means + m * 3, mask=live)
-        py = tl.load(means + m * 3 + 1, mask=live)
-        pz = tl.load(means + m * 3 + 2, mask=live)
+    px = tl.load(means + m * 3, mask=live)
+    py = tl.load(means + m * 3 + 1, mask=live)
+    pz = tl.load(means + m * 3 + 2, mask=live)
     for c in range(cameras):
         out = features + (c * count + m) * channels
+        row = viewmats + c * 16 + 8  # camera z = R₂·x + t₂, the depth gsplat sorts and composites
+        depth = tl.load(row) * px + tl.load(row + 1) * py + tl.load(row + 2) * pz + tl.load(row + 3)
+        tl.store(out + depth_channel, depth, mask=live)
         if MODEL == 0:
             r, g, b = red, green, blue
         else:
@@ -107,18 +143,19 @@ def _prepare_forward(
             tl.store(out + 3, nx, mask=live)
             tl.store(out + 4, ny, mask=live)
             tl.store(out + 5, nz, mask=live)
+            tl.store(out + 7, tl.zeros(nz.shape, nz.dtype), mask=live)
 
 
-@triton.jit
+@launched_kernel
 def _prepare_backward(
     albedo, albedo_stride_m, albedo_stride_k,
     means, normals, opacities, opacity_stride,
-    viewmats, grad_features, grad_symmetric, grad_clamped,
+    viewmats, grad_features, grad_features_stride_c, grad_features_stride_m, grad_upper, grad_clamped,
     grad_albedo, grad_means, grad_normals, grad_covariances, grad_opacities,
     count, cameras,
     parameters,
     MODEL: tl.constexpr, TWO_SIDED: tl.constexpr, HAS_NORMALS: tl.constexpr,
-    HAS_GRAD_FEATURES: tl.constexpr, HAS_GRAD_SYMMETRIC: tl.constexpr, HAS_GRAD_CLAMPED: tl.constexpr,
+    HAS_GRAD_FEATURES: tl.constexpr, HAS_GRAD_UPPER: tl.constexpr, HAS_GRAD_CLAMPED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
     m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -127,14 +164,12 @@ def _prepare_backward(
     ambient, diffuse, specular = tl.load(parameters + 3), tl.load(parameters + 4), tl.load(parameters + 5)
     shininess, eps, max_opacity = tl.load(parameters + 6), tl.load(parameters + 7), tl.load(parameters + 8)
     zero = tl.zeros([BLOCK], dtype=grad_albedo.dtype.element_ty)
-    for k in tl.static_range(3):
-        for j in tl.static_range(3):
-            value = zero
-            if HAS_GRAD_SYMMETRIC:
-                a = tl.load(grad_symmetric + m * 9 + 3 * k + j, mask=live)
-                b = tl.load(grad_symmetric + m * 9 + 3 * j + k, mask=live)
-                value = 0.5 * (a + b)
-            tl.store(grad_covariances + m * 9 + 3 * k + j, value, mask=live)
+    _spread_upper(grad_upper, grad_covariances, m, live, 0, 0, 0, HAS_GRAD_UPPER)
+    _spread_upper(grad_upper, grad_covariances, m, live, 0, 1, 1, HAS_GRAD_UPPER)
+    _spread_upper(grad_upper, grad_covariances, m, live, 0, 2, 2, HAS_GRAD_UPPER)
+    _spread_upper(grad_upper, grad_covariances, m, live, 1, 1, 3, HAS_GRAD_UPPER)
+    _spread_upper(grad_upper, grad_covariances, m, live, 1, 2, 4, HAS_GRAD_UPPER)
+    _spread_upper(grad_upper, grad_covariances, m, live, 2, 2, 5, HAS_GRAD_UPPER)
     opacity_gradient = zero
     if HAS_GRAD_CLAMPED:
         opacity = tl.load(opacities + m * opacity_stride, mask=live)
@@ -144,7 +179,6 @@ def _prepare_backward(
     red = tl.load(albedo + m * albedo_stride_m, mask=live)
     green = tl.load(albedo + m * albedo_stride_m + albedo_stride_k, mask=live)
     blue = tl.load(albedo + m * albedo_stride_m + 2 * albedo_stride_k, mask=live)
-    channels = 6 if HAS_NORMALS else 3
     g_red, g_green, g_blue = zero, zero, zero
     g_px, g_py, g_pz = zero, zero, zero
     g_ux, g_uy, g_uz = zero, zero, zero  # gradient of the unit normal
@@ -160,12 +194,18 @@ def _prepare_backward(
         px = tl.load(means + m * 3, mask=live)
         py = tl.load(means + m * 3 + 1, mask=live)
         pz = tl.load(means + m * 3 + 2, mask=live)
+    depth_channel = 6 if HAS_NORMALS else 3
     if HAS_GRAD_FEATURES:
         for c in range(cameras):
-            cotangent = grad_features + (c * count + m) * channels
+            cotangent = grad_features + c * grad_features_stride_c + m * grad_features_stride_m
             g_r = tl.load(cotangent, mask=live)
             g_g = tl.load(cotangent + 1, mask=live)
             g_b = tl.load(cotangent + 2, mask=live)
+            g_depth = tl.load(cotangent + depth_channel, mask=live)
+            row = viewmats + c * 16 + 8
+            g_px += g_depth * tl.load(row)
+            g_py += g_depth * tl.load(row + 1)
+            g_pz += g_depth * tl.load(row + 2)
             if HAS_NORMALS:
                 g_nx += tl.load(cotangent + 3, mask=live)
                 g_ny += tl.load(cotangent + 4, mask=live)
@@ -228,17 +268,25 @@ def _parameters(
 ) -> tuple[torch.Tensor, int, bool]:
     """The kernels' float settings as a tensor of the data's dtype (Triton would pass host floats
     as float32), the shading model's code and two_sided."""
-    eps = torch.finfo(dtype).tiny ** 0.5
     if lighting is None or lighting.model == "flat":
-        values, model, two_sided = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], "flat", False
-    else:
-        # shading.shade normalises the direction in the data's dtype
-        direction = torch.tensor(lighting.direction, dtype=dtype)
-        direction = direction / torch.linalg.vector_norm(direction).clamp_min(eps)
-        scalars = [lighting.ambient, lighting.diffuse, lighting.specular, lighting.shininess]
-        values, model, two_sided = direction.tolist() + scalars, lighting.model, bool(lighting.two_sided)
-    parameters = device_constant((*values, eps, max_opacity), dtype, device)
-    return parameters, SHADING_MODELS[model], two_sided
+        return _settings(("flat", (0.0, 0.0, 1.0), 0.0, 0.0, 0.0, 1.0, False), max_opacity, dtype, device)
+    light = (lighting.model, tuple(lighting.direction), lighting.ambient, lighting.diffuse, lighting.specular)
+    return _settings((*light, lighting.shininess, bool(lighting.two_sided)), max_opacity, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _settings(
+    lighting: tuple, max_opacity: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, int, bool]:
+    """_parameters of a lighting (model, direction, ambient, diffuse, specular, shininess,
+    two_sided), made once: building it takes several host tensor operations."""
+    model, direction, ambient, diffuse, specular, shininess, two_sided = lighting
+    eps = torch.finfo(dtype).tiny ** 0.5
+    # shading.shade normalises the direction in the data's dtype
+    unit = torch.tensor(direction, dtype=dtype)
+    unit = unit / torch.linalg.vector_norm(unit).clamp_min(eps)
+    values = (*unit.tolist(), ambient, diffuse, specular, shininess, eps, max_opacity)
+    return device_constant(values, dtype, device), SHADING_MODELS[model], two_sided
 
 
 class _PrepareGaussians(torch.autograd.Function):
@@ -247,28 +295,32 @@ class _PrepareGaussians(torch.autograd.Function):
         count, cameras = means.shape[0], viewmats.shape[0]
         parameters, model, two_sided = _parameters(lighting, max_opacity, means.dtype, means.device)
         has_normals = normals is not None
-        features = means.new_empty(cameras, count, 6 if has_normals else 3)
-        symmetric = means.new_empty(count, 3, 3)
+        features = means.new_empty(cameras, count, 8 if has_normals else 4)
+        upper = means.new_empty(count, 6)
         clamped = means.new_empty(count)
         normals_arg = normals if has_normals else means
         if count > 0:
             _prepare_forward[(triton.cdiv(count, BLOCK),)](
                 albedo, albedo.stride(0), albedo.stride(1),
                 means, normals_arg, covariances, opacities, opacities.stride(0),
-                viewmats, features, symmetric, clamped,
+                viewmats, features, upper, clamped,
                 count, cameras, parameters,
                 MODEL=model, TWO_SIDED=two_sided, HAS_NORMALS=has_normals, BLOCK=BLOCK,
             )  # fmt: skip
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(albedo, means, normals_arg, opacities, viewmats, parameters)
         ctx.settings = (model, two_sided, has_normals)
-        return features, symmetric, clamped
+        return features, upper, clamped
 
     @staticmethod
-    def backward(ctx, grad_features, grad_symmetric, grad_clamped):  # type: ignore[override]
+    def backward(ctx, grad_features, grad_upper, grad_clamped):  # type: ignore[override]
         albedo, means, normals, opacities, viewmats, parameters = ctx.saved_tensors
         model, two_sided, has_normals = ctx.settings
         count, cameras = means.shape[0], viewmats.shape[0]
+        # gsplat hands the feature gradient back as a slice of its colour-and-depth gradient
+        if grad_features is not None and grad_features.stride(-1) != 1:
+            grad_features = grad_features.contiguous()
+        feature_strides = (0, 0) if grad_features is None else grad_features.stride()[:2]
         grad_albedo = means.new_empty(count, 3)
         grad_means = torch.empty_like(means)
         grad_normals = torch.empty_like(means)
@@ -278,14 +330,13 @@ class _PrepareGaussians(torch.autograd.Function):
             _prepare_backward[(triton.cdiv(count, BLOCK),)](
                 albedo, albedo.stride(0), albedo.stride(1),
                 means, normals, opacities, opacities.stride(0),
-                viewmats,
-                means if grad_features is None else grad_features.contiguous(),
-                means if grad_symmetric is None else grad_symmetric.contiguous(),
+                viewmats, means if grad_features is None else grad_features, *feature_strides,
+                means if grad_upper is None else grad_upper.contiguous(),
                 means if grad_clamped is None else grad_clamped.contiguous(),
                 grad_albedo, grad_means, grad_normals, grad_covariances, grad_opacities,
                 count, cameras, parameters,
                 MODEL=model, TWO_SIDED=two_sided, HAS_NORMALS=has_normals,
-                HAS_GRAD_FEATURES=grad_features is not None, HAS_GRAD_SYMMETRIC=grad_symmetric is not None,
+                HAS_GRAD_FEATURES=grad_features is not None, HAS_GRAD_UPPER=grad_upper is not None,
                 HAS_GRAD_CLAMPED=grad_clamped is not None, BLOCK=BLOCK,
             )  # fmt: skip
         needs = ctx.needs_input_grad
@@ -311,13 +362,14 @@ def prepare_gaussians(
     lighting: LightingConfig | None,
     max_opacity: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """gsplat's inputs in one kernel: features [C, M, 3] (colour) or [C, M, 6] (colour, raw
-    normal), the symmetrised covariances [M, 3, 3] and the opacities clamped at max_opacity [M].
+    """gsplat's inputs in one kernel: features [C, M, 4] (colour, depth) or [C, M, 8] (colour,
+    raw normal, depth, zero), the symmetrised covariances' upper triangles [M, 6] (00, 01, 02, 11, 12,
+    22) and the opacities clamped at max_opacity [M].
 
     albedo [M, 3] and opacities [M] may be stride-0 views (a default colour or opacity); means,
     normals [M, 3] and covariances [M, 3, 3] are read as contiguous; viewmats [C, 4, 4] give the
-    camera centres (not differentiated). The colour is `shading.shade(albedo, means, normals,
-    positions, lighting)`.
+    camera centres and depth axes (not differentiated). The colour is `shading.shade(albedo,
+    means, normals, positions, lighting)`; the depth is the centre's camera z.
     """
     require_normals(normals, lighting)
     return _PrepareGaussians.apply(
@@ -332,7 +384,7 @@ def prepare_gaussians(
     )
 
 
-@triton.jit
+@launched_kernel
 def _finish_forward(
     features, alpha, background, background_stride_c, background_stride_p,
     rgb, depth, normal, pixels, per_image, threshold,
@@ -340,7 +392,8 @@ def _finish_forward(
 ):  # fmt: skip
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = p < pixels
-    channels = 7 if HAS_NORMALS else 4
+    channels = 8 if HAS_NORMALS else 4
+    depth_channel = 6 if HAS_NORMALS else 3
     base = features + p * channels
     a = tl.load(alpha + p, mask=live, other=0.0)
     backdrop = background + (p // per_image) * background_stride_c + (p % per_image) * background_stride_p
@@ -349,7 +402,7 @@ def _finish_forward(
         tl.store(rgb + p * 3 + k, value, mask=live)
     covered = a > tl.load(threshold)
     safe_alpha = tl.where(covered, a, 1.0)
-    tl.store(depth + p, tl.where(covered, tl.load(base + channels - 1, mask=live) / safe_alpha, 0.0), mask=live)
+    tl.store(depth + p, tl.where(covered, tl.load(base + depth_channel, mask=live) / safe_alpha, 0.0), mask=live)
     if HAS_NORMALS:
         sx = tl.load(base + 3, mask=live)
         sy = tl.load(base + 4, mask=live)
@@ -360,7 +413,7 @@ def _finish_forward(
         tl.store(normal + p * 3 + 2, sz * inverse, mask=live)
 
 
-@triton.jit
+@launched_kernel
 def _finish_backward(
     features, alpha, background, background_stride_c, background_stride_p,
     grad_rgb, grad_depth, grad_normal, grad_features, grad_alpha, pixels, per_image, threshold,
@@ -369,7 +422,8 @@ def _finish_backward(
 ):  # fmt: skip
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = p < pixels
-    channels = 7 if HAS_NORMALS else 4
+    channels = 8 if HAS_NORMALS else 4
+    depth_channel = 6 if HAS_NORMALS else 3
     base = features + p * channels
     out = grad_features + p * channels
     a = tl.load(alpha + p, mask=live, other=0.0)
@@ -388,8 +442,8 @@ def _finish_backward(
     if HAS_GRAD_DEPTH:
         g = tl.where(covered, tl.load(grad_depth + p, mask=live), 0.0)
         g_depth_sum = g / safe_alpha
-        g_alpha -= g_depth_sum * tl.load(base + channels - 1, mask=live) / safe_alpha
-    tl.store(out + channels - 1, g_depth_sum, mask=live)
+        g_alpha -= g_depth_sum * tl.load(base + depth_channel, mask=live) / safe_alpha
+    tl.store(out + depth_channel, g_depth_sum, mask=live)
     if HAS_NORMALS:
         g_sx, g_sy, g_sz = zero, zero, zero
         if HAS_GRAD_NORMAL:
@@ -409,6 +463,7 @@ def _finish_backward(
         tl.store(out + 3, g_sx, mask=live)
         tl.store(out + 4, g_sy, mask=live)
         tl.store(out + 5, g_sz, mask=live)
+        tl.store(out + 7, zero, mask=live)
     tl.store(grad_alpha + p, g_alpha, mask=live)
 
 
@@ -427,7 +482,7 @@ class _FinishImages(torch.autograd.Function):
         cameras, height, width, channels = features.shape
         per_image = height * width
         pixels = cameras * per_image
-        has_normals = channels == 7
+        has_normals = channels == 8
         rgb = features.new_empty(cameras, height, width, 3)
         depth = features.new_empty(cameras, height, width)
         normal = features.new_empty(cameras, height, width, 3) if has_normals else depth
@@ -468,8 +523,9 @@ def finish_images(
     features: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor, covered_above: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """rgb [C, H, W, 3], depth [C, H, W] and unit normals [C, H, W, 3] (None without normal
-    channels) from gsplat's RGB+D features [C, H, W, 3 + 1] or [C, H, W, 3 + 3 + 1] (colour,
-    summed normals, summed depth) and alpha [C, H, W] or [C, H, W, 1].
+    channels) from rendered features [C, H, W, 4] (colour, summed depth) or [C, H, W, 8] (colour,
+    summed normal, summed depth, a zero channel), as prepare_gaussians lays them out, and alpha
+    [C, H, W] or [C, H, W, 1].
 
     rgb = Σ w c + (1 − α)·background ([3], [H, W, 3] or [C, H, W, 3]; not differentiated);
     where α > covered_above, depth = Σ w z / α and normal = Σ w n / |Σ w n|, else 0.

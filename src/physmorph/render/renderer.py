@@ -199,22 +199,44 @@ def _render_gsplat_fused(
     tile_size: int | None,
     antialias: bool,
 ) -> Images:
-    """`render` through gsplat with the shading and normalisation in Triton kernels (fused.py)."""
+    """`render` through gsplat's projection and rasteriser (the steps of `gsplat.rasterization`,
+    without its covariance gather and depth concatenation), with the shading, the depth
+    channel and the normalisation in Triton kernels (fused.py)."""
+    import gsplat
+
     from physmorph.render import fused as fused_kernels
 
     check_background(background, torch.Size((len(cameras), height, width, 3)))
+    means = gaussians.means
     features, covariances, clamped = fused_kernels.prepare_gaussians(
-        albedo,
-        gaussians.means,
-        gaussians.normals,
-        gaussians.covariances,
-        opacities,
-        cameras.viewmats,
-        shading,
-        MAX_ALPHA,
+        albedo, means, gaussians.normals, gaussians.covariances, opacities, cameras.viewmats, shading, MAX_ALPHA
     )
-    rendered, alpha = _rasterize_gsplat(
-        gaussians.means, covariances, clamped, features, cameras, width, height, tile_size, antialias
+    radii, means2d, depths, conics, compensations = gsplat.fully_fused_projection(
+        means,
+        covariances,
+        None,
+        None,
+        cameras.viewmats,
+        cameras.Ks,
+        width,
+        height,
+        eps2d=0.3,
+        near_plane=cameras.znear,
+        far_plane=cameras.zfar,
+        packed=False,
+        calc_compensations=antialias,
+        opacities=clamped,
+    )
+    count = len(cameras)
+    projected = clamped * compensations if antialias else clamped.expand(count, -1)
+    tile = 16 if tile_size is None else tile_size
+    tiles_x, tiles_y = -(-width // tile), -(-height // tile)
+    _, intersections, flatten_ids = gsplat.isect_tiles(
+        means2d, radii, depths, tile, tiles_x, tiles_y, packed=False, n_images=count
+    )
+    offsets = gsplat.isect_offset_encode(intersections, count, tiles_x, tiles_y).reshape(count, tiles_y, tiles_x)
+    rendered, alpha = gsplat.rasterize_to_pixels(
+        means2d, conics, features, projected, width, height, tile, offsets, flatten_ids
     )
     rgb, depth, normal = fused_kernels.finish_images(rendered, alpha, background, _COVERED)
     return Images(rgb, alpha[..., 0], depth, normal)

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from physmorph.mpm.fused.kernels import launched_kernel
 from physmorph.mpm.plasticity import MIN_STRETCH_SQUARED
+from physmorph.triton_jit import launched_kernel
 
 # Cyclic Jacobi sweeps over the three pairs: quadratic convergence leaves 3×3 exact after four.
 JACOBI_SWEEPS = 5
