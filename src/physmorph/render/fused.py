@@ -53,6 +53,25 @@ def _camera_centre(viewmats, c):
 
 
 @triton.jit
+def _view(viewmats, c, px, py, pz, ux, uy, uz, light_x, light_y, light_z, eps, TWO_SIDED: tl.constexpr):
+    """Per Gaussian, camera c's shading terms: the unit direction v to the camera, |d| and
+    1 / max(|d|, eps) of the offset d, the facing sign (−1 flips a two-sided normal that faces
+    away), n·l, n·v (n the signed unit normal) and l·v."""
+    ex, ey, ez = _camera_centre(viewmats, c)
+    dx, dy, dz = ex - px, ey - py, ez - pz
+    length = tl.sqrt(dx * dx + dy * dy + dz * dz)
+    inverse = _unit_scale(length, eps)
+    vx, vy, vz = dx * inverse, dy * inverse, dz * inverse
+    sign = tl.full(vx.shape, 1.0, vx.dtype)
+    if TWO_SIDED:
+        sign = tl.where(ux * vx + uy * vy + uz * vz < 0, -1.0, 1.0)
+    n_dot_l = sign * (ux * light_x + uy * light_y + uz * light_z)
+    n_dot_v = sign * (ux * vx + uy * vy + uz * vz)
+    l_dot_v = light_x * vx + light_y * vy + light_z * vz
+    return vx, vy, vz, length, inverse, sign, n_dot_l, n_dot_v, l_dot_v
+
+
+@triton.jit
 def _store_upper(covariances, upper, m, live, k: tl.constexpr, j: tl.constexpr, slot: tl.constexpr):
     """Entry (k, j), k <= j, of the symmetrised covariance ½(Σ + Σᵀ) into slot `slot` of gsplat's
     upper-triangle layout (00, 01, 02, 11, 12, 22)."""
@@ -120,19 +139,13 @@ def _prepare_forward(
         if MODEL == 0:
             r, g, b = red, green, blue
         else:
-            ex, ey, ez = _camera_centre(viewmats, c)
-            dx, dy, dz = ex - px, ey - py, ez - pz
-            inverse = _unit_scale(tl.sqrt(dx * dx + dy * dy + dz * dz), eps)
-            vx, vy, vz = dx * inverse, dy * inverse, dz * inverse
-            sign = tl.full(vx.shape, 1.0, vx.dtype)
-            if TWO_SIDED:
-                sign = tl.where(ux * vx + uy * vy + uz * vz < 0, -1.0, 1.0)
-            n_dot_l = sign * (ux * light_x + uy * light_y + uz * light_z)
+            _vx, _vy, _vz, _length, _inverse, _sign, n_dot_l, n_dot_v, l_dot_v = _view(
+                viewmats, c, px, py, pz, ux, uy, uz, light_x, light_y, light_z, eps, TWO_SIDED
+            )
             lit = ambient + diffuse * tl.maximum(n_dot_l, 0.0)
             r, g, b = red * lit, green * lit, blue * lit
             if MODEL == 2:
-                n_dot_v = sign * (ux * vx + uy * vy + uz * vz)
-                r_dot_v = tl.maximum(2.0 * n_dot_l * n_dot_v - (light_x * vx + light_y * vy + light_z * vz), 0.0)
+                r_dot_v = tl.maximum(2.0 * n_dot_l * n_dot_v - l_dot_v, 0.0)
                 power = tl.exp(shininess * tl.log(tl.maximum(r_dot_v, 1e-30)))
                 highlight = specular * tl.where((n_dot_l > 0) & (r_dot_v > 0), power, 0.0)
                 r, g, b = r + highlight, g + highlight, b + highlight
@@ -213,15 +226,9 @@ def _prepare_backward(
             if MODEL == 0:
                 g_red, g_green, g_blue = g_red + g_r, g_green + g_g, g_blue + g_b
             else:
-                ex, ey, ez = _camera_centre(viewmats, c)
-                dx, dy, dz = ex - px, ey - py, ez - pz
-                view_length = tl.sqrt(dx * dx + dy * dy + dz * dz)
-                inverse = _unit_scale(view_length, eps)
-                vx, vy, vz = dx * inverse, dy * inverse, dz * inverse
-                sign = tl.full(vx.shape, 1.0, vx.dtype)
-                if TWO_SIDED:
-                    sign = tl.where(ux * vx + uy * vy + uz * vz < 0, -1.0, 1.0)
-                n_dot_l = sign * (ux * light_x + uy * light_y + uz * light_z)
+                vx, vy, vz, view_length, inverse, sign, n_dot_l, n_dot_v, l_dot_v = _view(
+                    viewmats, c, px, py, pz, ux, uy, uz, light_x, light_y, light_z, eps, TWO_SIDED
+                )
                 lit = ambient + diffuse * tl.maximum(n_dot_l, 0.0)
                 g_red, g_green, g_blue = g_red + g_r * lit, g_green + g_g * lit, g_blue + g_b * lit
                 # clamp_min passes its gradient at the bound (as torch's does)
@@ -229,8 +236,7 @@ def _prepare_backward(
                 g_n_dot_v = zero
                 g_l_dot_v = zero
                 if MODEL == 2:
-                    n_dot_v = sign * (ux * vx + uy * vy + uz * vz)
-                    raw = 2.0 * n_dot_l * n_dot_v - (light_x * vx + light_y * vy + light_z * vz)
+                    raw = 2.0 * n_dot_l * n_dot_v - l_dot_v
                     r_dot_v = tl.maximum(raw, 0.0)
                     slope = shininess * tl.exp((shininess - 1.0) * tl.log(tl.maximum(r_dot_v, 1e-30)))
                     slope = tl.where((n_dot_l > 0) & (r_dot_v > 0), slope, 0.0)
@@ -246,7 +252,7 @@ def _prepare_backward(
                 g_vy = g_n_dot_v * sign * uy + g_l_dot_v * light_y
                 g_vz = g_n_dot_v * sign * uz + g_l_dot_v * light_z
                 # v = d / max(|d|, eps); the mean enters d with a minus sign
-                radial = tl.where(view_length > eps, vx * g_vx + vy * g_vy + vz * g_vz, 0.0)
+                radial = tl.where(view_length >= eps, vx * g_vx + vy * g_vy + vz * g_vz, 0.0)
                 g_px -= (g_vx - vx * radial) * inverse
                 g_py -= (g_vy - vy * radial) * inverse
                 g_pz -= (g_vz - vz * radial) * inverse
@@ -257,7 +263,7 @@ def _prepare_backward(
     tl.store(grad_means + m * 3 + 1, g_py, mask=live)
     tl.store(grad_means + m * 3 + 2, g_pz, mask=live)
     if HAS_NORMALS:
-        radial = tl.where(normal_length > eps, ux * g_ux + uy * g_uy + uz * g_uz, 0.0)
+        radial = tl.where(normal_length >= eps, ux * g_ux + uy * g_uy + uz * g_uz, 0.0)
         tl.store(grad_normals + m * 3, g_nx + (g_ux - ux * radial) * scale, mask=live)
         tl.store(grad_normals + m * 3 + 1, g_ny + (g_uy - uy * radial) * scale, mask=live)
         tl.store(grad_normals + m * 3 + 2, g_nz + (g_uz - uz * radial) * scale, mask=live)
