@@ -300,7 +300,8 @@ def render(
     antialias: scale opacities by √(det Σ₂ / det(Σ₂ + 0.3·I)) for the 0.3 px² low-pass filter
       (gsplat's "antialiased" mode; `rasterize.project_gaussians`); False gives classic 3DGS.
     fused: with gsplat, shade and normalise in Triton kernels (render/fused.py; the same images
-      and gradients in one kernel per side); False runs the PyTorch reference ops around gsplat.
+      and gradients in one kernel per side) where Triton is installed; False runs the PyTorch
+      reference ops around gsplat.
     """
     count = _check(gaussians)
     means = gaussians.means
@@ -316,7 +317,9 @@ def render(
         opacities = _constant((default_opacity,), dtype, device).expand(count)
     background = _constant(background, dtype, device)
     chosen = _choose_backend(backend, means)
-    if chosen == "gsplat" and fused and not (cameras.viewmats.requires_grad or background.requires_grad):
+    # Triton ships with CUDA PyTorch on Linux, not everywhere gsplat builds (Windows)
+    fusable = fused and importlib.util.find_spec("triton") is not None
+    if chosen == "gsplat" and fusable and not (cameras.viewmats.requires_grad or background.requires_grad):
         return _render_gsplat_fused(
             gaussians, albedo, opacities, cameras, width, height, background, shading, tile_size, antialias
         )
