@@ -1,4 +1,4 @@
-"""Compile time and register use of the fused MPM and k-NN kernels for an H100 (sm_90), no GPU needed.
+"""Compile time and register use of the fused MPM, k-NN and render kernels for an H100 (sm_90), no GPU needed.
 
 Runnable as `python benchmarks/fused_compile.py [--dtype float32] [--arch 90]` wherever Triton is
 installed (`pip install triton` on a CPU machine will do): Triton compiles ahead of time for the
@@ -24,6 +24,7 @@ from triton.compiler import ASTSource
 from physmorph.mpm.fused import function as fused
 from physmorph.mpm.fused import kernels
 from physmorph.mpm.fused import return_mapping as plastic
+from physmorph.render import fused as render_fused
 from physmorph.surface import knn_kernel
 
 INDEX_POINTERS = {"order_ptr", "keys_ptr"}
@@ -57,6 +58,32 @@ def knn_signatures(real: str) -> list[tuple[str, ASTSource]]:
     return [
         ("knn_first_pass", ASTSource(knn_kernel._nearest_in_neighbouring_cells, first, {"BLOCK": knn_kernel._BLOCK})),
         ("knn_walk", ASTSource(knn_kernel._nearest_by_traversal, walk, {"BLOCK": knn_kernel._TRAVERSAL_BLOCK})),
+    ]
+
+
+RENDER_INTEGERS = ("count", "cameras", "pixels", "per_image")
+
+
+def render_signatures(pointer: str) -> list[tuple[str, ASTSource]]:
+    """The four kernels around gsplat (render/fused.py) as an e2e render launches them: Phong,
+    normals on, every gradient present."""
+    shading = {"MODEL": render_fused.SHADING_MODELS["phong"], "TWO_SIDED": False, "HAS_NORMALS": True}
+    present = {"HAS_GRAD_FEATURES": True, "HAS_GRAD_UPPER": True, "HAS_GRAD_CLAMPED": True}
+    images = {"HAS_GRAD_RGB": True, "HAS_GRAD_DEPTH": True, "HAS_GRAD_NORMAL": True}
+    block = {"BLOCK": render_fused.BLOCK}
+
+    def source(kernel, constants: dict) -> ASTSource:
+        types = {}
+        for name in kernel.arg_names:
+            integer = "stride" in name or name in RENDER_INTEGERS
+            types[name] = "constexpr" if name in constants else "i32" if integer else pointer
+        return ASTSource(kernel, types, constants)
+
+    return [
+        ("shade_prepare", source(render_fused._prepare_forward, shading | block)),
+        ("shade_prep_bwd", source(render_fused._prepare_backward, shading | present | block)),
+        ("finish_images", source(render_fused._finish_forward, {"HAS_NORMALS": True} | block)),
+        ("finish_bwd", source(render_fused._finish_backward, {"HAS_NORMALS": True} | images | block)),
     ]
 
 
@@ -102,6 +129,7 @@ def main() -> None:
     )
     sources = [(name, signature(kernel, pointer, constants), warps) for name, kernel, constants, warps in variants]
     sources += [(name, source, 4) for name, source in knn_signatures(pointer[1:])]
+    sources += [(name, source, 4) for name, source in render_signatures(pointer)]
     target = GPUTarget("cuda", args.arch, 32)
     triton.knobs.compilation.always_compile = True  # time the compiler, not Triton's disk cache
     print(
