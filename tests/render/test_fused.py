@@ -146,18 +146,27 @@ def comparison_errors(device: str, dtype: torch.dtype) -> dict[str, float]:
 
             sliced = _compare(partial(widened, fused), partial(widened, reference), inputs, differentiable)
             errors["phong-sliced-cotangent"] = max(sliced.values())
+    soft = LIGHTINGS["phong-two-sided-soft"]
+    degenerate = _gaussian_inputs(300, dtype, device, seed=4)
+    degenerate["normals"][:3] = 0.0  # a zero normal: the unit normal's floor, as shading._unit has it
+    zero_normals = _compare(
+        partial(prepare_gaussians, viewmats=viewmats, lighting=soft, max_opacity=0.99),
+        partial(reference_prepare, viewmats=viewmats, lighting=soft),
+        degenerate,
+        ["albedo", "means", "normals", "covariances", "opacities"],
+    )
+    errors["phong-zero-normals"] = max(zero_normals.values())
     flat = _gaussian_inputs(300, dtype, device, seed=1)
     flat["normals"] = None
     flat["albedo"] = flat["albedo"][:1].expand(300, 3)
     flat["opacities"] = flat["opacities"][:1].expand(300)
-    errors["flat-no-normals-stride-0"] = max(
-        _compare(
-            lambda **leaves: prepare_gaussians(**leaves, viewmats=viewmats, lighting=None, max_opacity=0.99),
-            lambda **leaves: reference_prepare(**leaves, viewmats=viewmats, lighting=None),
-            flat,
-            ["albedo", "means", "covariances", "opacities"],
-        ).values()
+    stride_zero = _compare(
+        partial(prepare_gaussians, viewmats=viewmats, lighting=None, max_opacity=0.99),
+        partial(reference_prepare, viewmats=viewmats, lighting=None),
+        flat,
+        ["albedo", "means", "covariances", "opacities"],
     )
+    errors["flat-no-normals-stride-0"] = max(stride_zero.values())
     for normals in (True, False):
         for per_camera in (True, False):
             inputs = _finish_inputs(dtype, device, normals, per_camera)
@@ -218,7 +227,7 @@ def test_fused_render_kernels_in_the_interpreter_match_the_reference_and_pass_gr
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["gradcheck"]
-    assert len(result["errors"]) == 15 and all(error < 1e-10 for error in result["errors"].values()), result
+    assert len(result["errors"]) == 16 and all(error < 1e-10 for error in result["errors"].values()), result
 
 
 @pytest.mark.gpu
