@@ -24,16 +24,18 @@ def balanced_gradient(
     |s·g_render'| = `ratio`·|g_phys|, so the images steer with a fixed share of the step whatever
     the size of their losses. Where either gradient is zero the other is returned unchanged.
     """
+    # Branch-free (torch.where, no bool()) so that a CUDA evaluation never waits for the device here.
     physics_norm_sq = _dot(physics, physics)
+    tiny = torch.finfo(physics_norm_sq.dtype).tiny
+    has_physics = physics_norm_sq > 0
     render_part = list(render)
     if drop_conflict:
         overlap = _dot(render_part, physics)
-        if bool(overlap < 0) and bool(physics_norm_sq > 0):
-            render_part = [r - (overlap / physics_norm_sq) * p for r, p in zip(render_part, physics)]
+        along = torch.where((overlap < 0) & has_physics, overlap / physics_norm_sq.clamp_min(tiny), 0.0)
+        render_part = [r - along * p for r, p in zip(render_part, physics)]
     render_norm = _dot(render_part, render_part).sqrt()
-    if not bool(render_norm > 0) or not bool(physics_norm_sq > 0):
-        return [p + r for p, r in zip(physics, render_part)]
-    scale = ratio * physics_norm_sq.sqrt() / render_norm
+    balanced = ratio * physics_norm_sq.sqrt() / render_norm.clamp_min(tiny)
+    scale = torch.where((render_norm > 0) & has_physics, balanced, 1.0)
     return [p + scale * r for p, r in zip(physics, render_part)]
 
 
