@@ -126,43 +126,6 @@ def _render_torch(
     return torch.stack(images), torch.stack(alphas)
 
 
-def _rasterize_gsplat(
-    means: torch.Tensor,
-    covariances: torch.Tensor,
-    opacities: torch.Tensor,
-    features: torch.Tensor,
-    cameras: Cameras,
-    width: int,
-    height: int,
-    tile_size: int | None,
-    antialias: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """gsplat's RGB+D render [C, H, W, D + 1] (features, then Σ w z) and alpha [C, H, W, 1] of
-    Gaussians with symmetric covariances and opacities at most 0.99."""
-    import gsplat
-
-    rendered, alpha, _ = gsplat.rasterization(
-        means,
-        None,
-        None,
-        opacities,
-        features,
-        cameras.viewmats,
-        cameras.Ks,
-        width,
-        height,
-        near_plane=cameras.znear,
-        far_plane=cameras.zfar,
-        eps2d=0.3,
-        packed=False,
-        tile_size=16 if tile_size is None else tile_size,
-        render_mode="RGB+D",
-        rasterize_mode="antialiased" if antialias else "classic",
-        covars=covariances,
-    )
-    return rendered, alpha
-
-
 def _render_gsplat(
     means: torch.Tensor,
     covariances: torch.Tensor,
@@ -176,12 +139,30 @@ def _render_gsplat(
     antialias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as _render_torch through gsplat's CUDA rasteriser."""
+    import gsplat
+
     features = colors
     if normals is not None:
         features = torch.cat([colors, normals.expand(colors.shape[0], *normals.shape)], -1)
     # gsplat clamps alpha at 0.999; clamping the opacity keeps alpha <= 0.99 as in 3DGS.
-    rendered, alpha = _rasterize_gsplat(
-        means, covariances, opacities.clamp(max=MAX_ALPHA), features, cameras, width, height, tile_size, antialias
+    rendered, alpha, _ = gsplat.rasterization(
+        means,
+        None,
+        None,
+        opacities.clamp(max=MAX_ALPHA),
+        features,
+        cameras.viewmats,
+        cameras.Ks,
+        width,
+        height,
+        near_plane=cameras.znear,
+        far_plane=cameras.zfar,
+        eps2d=0.3,
+        packed=False,
+        tile_size=16 if tile_size is None else tile_size,
+        render_mode="RGB+D",
+        rasterize_mode="antialiased" if antialias else "classic",
+        covars=covariances,
     )
     image = torch.cat([rendered[..., :3], rendered[..., -1:], rendered[..., 3:-1]], -1)
     return image, alpha[..., 0]
