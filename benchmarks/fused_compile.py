@@ -27,7 +27,7 @@ from physmorph.mpm.fused import return_mapping as plastic
 from physmorph.render import fused as render_fused
 from physmorph.surface import knn_kernel
 
-INDEX_POINTERS = {"order_ptr", "keys_ptr"}
+INDEX_POINTERS = {"order_ptr", "keys_ptr", "runs_ptr"}
 
 
 def signature(kernel, pointer: str, constants: dict) -> ASTSource:
@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     pointer = "*fp32" if args.dtype == "float32" else "*fp64"
     unroll = {"UNROLL": fused.STENCIL_UNROLL, "INNER": args.inner_unroll}
-    scan = {"BLOCK": fused.SCAN_BLOCK} | unroll
+    scan = {"BLOCK": fused.SCAN_BLOCK, "VECTOR_ATOMICS": args.dtype == "float32" and args.arch >= 90}
     particle = {"BLOCK": fused.PARTICLE_BLOCK} | unroll
     walls = {"CELLS": 3, "BOUNDARY": kernels.BOUNDARY_CODES["slip"], "BLOCK": fused.NODE_BLOCK}
     material = {"HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
@@ -116,7 +116,7 @@ def main() -> None:
         ("p2g_forward", kernels.p2g_forward, material | scan, fused.SCAN_WARPS),
         ("grid_velocity", kernels.grid_velocity, walls, 4),
         ("g2p_forward", kernels.g2p_forward, particle, fused.PARTICLE_WARPS),
-        ("g2p_backward", kernels.g2p_backward, scan, fused.SCAN_WARPS),
+        ("g2p_backward", kernels.g2p_backward, scan | unroll, fused.SCAN_WARPS),
         ("grid_backward", kernels.grid_backward, walls, 4),
         ("p2g_backward", kernels.p2g_backward, material | particle, fused.PARTICLE_WARPS),
         ("plastic_fwd", plastic.return_mapping_forward, {"SWEEPS": plastic.JACOBI_SWEEPS, "BLOCK": plastic.BLOCK}, 4),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +17,10 @@ from physmorph.mpm.state import Model
 NEWTON_ITERATIONS = 8
 PARTICLE_BLOCK = 64
 PARTICLE_WARPS = 2
-# The scattering kernels scan runs of particles that share a cell within a block.
-SCAN_BLOCK = 32
-SCAN_WARPS = 1
+# The scattering kernels sum runs of particles that share a cell within a block of SCAN_BLOCK
+# particles (a multiple of 16: the run phase's tile is [SCAN_BLOCK / 16, 16]).
+SCAN_BLOCK = 128
+SCAN_WARPS = 4
 NODE_BLOCK = 1024
 # Unroll factors of the outer stencil axis and of the inner two. Inner loops of 4 unrolled (16
 # independent node gathers per outer iteration) took 5x the compile time (g2p_backward 12.6 s,
@@ -90,6 +92,24 @@ def cell_order(x: torch.Tensor, prm: torch.Tensor, settings: StepSettings) -> tu
     return order.to(torch.int32), sorted_keys
 
 
+def scatter_scratch(n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-program scratch of the scattering kernels: staged particle values and run tables."""
+    programs = _launch_grid(n, SCAN_BLOCK)[0]
+    stage = torch.empty(programs * kernels.STAGED_VALUES.value * SCAN_BLOCK, dtype=like.dtype, device=like.device)
+    runs = torch.empty(programs * (SCAN_BLOCK + 1), dtype=torch.int32, device=like.device)
+    return stage, runs
+
+
+def vector_atomics(x: torch.Tensor) -> bool:
+    """Whether the scattering kernels may add a node's four values with one 16-byte reduction.
+
+    PTX has it for float32 from sm_90 on; Triton's CPU interpreter cannot run inline PTX.
+    """
+    if x.dtype != torch.float32 or x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return torch.cuda.get_device_capability(x.device) >= (9, 0)
+
+
 def node_velocities(
     grid: torch.Tensor, external_force: torch.Tensor, prm: torch.Tensor, settings: StepSettings
 ) -> torch.Tensor:
@@ -149,6 +169,7 @@ class FusedStep(torch.autograd.Function):
             grid,
             order,
             keys,
+            *scatter_scratch(n, x),
             n,
             nx,
             ny,
@@ -156,9 +177,8 @@ class FusedStep(torch.autograd.Function):
             n if dF is not None else 0,
             HAS_FORCE=force is not None,
             NEWTON=NEWTON_ITERATIONS,
+            VECTOR_ATOMICS=vector_atomics(x),
             BLOCK=SCAN_BLOCK,
-            UNROLL=STENCIL_UNROLL,
-            INNER=STENCIL_INNER_UNROLL,
             num_warps=SCAN_WARPS,
         )
         velocity = node_velocities(grid, external_force, prm, settings)
@@ -222,11 +242,13 @@ class FusedStep(torch.autograd.Function):
             gFh_part,
             order,
             keys,
+            *scatter_scratch(n, x),
             n,
             nx,
             ny,
             nz,
             n if dF is not None else 0,
+            VECTOR_ATOMICS=vector_atomics(x),
             BLOCK=SCAN_BLOCK,
             UNROLL=STENCIL_UNROLL,
             INNER=STENCIL_INNER_UNROLL,

@@ -10,6 +10,9 @@ step into a second [G, 4] buffer (vx, vy, vz, unused), which G2P and its adjoint
 `prm` holds the float settings in the data's dtype (so float64 runs keep full precision): see
 PARAMETERS. Stencil loops run each axis as a loop, the first unrolled UNROLL times, the inner two
 INNER times (INNER = 4 issues 16 independent node gathers per iteration of the first axis).
+The two scattering kernels (P2G and G2P's adjoint) work in two phases: one lane per particle
+stages what the particle adds (_stage_particle), then one lane per (cell run, stencil column)
+sums a run's particles and adds the sums to the grid (_scatter_runs).
 """
 
 from __future__ import annotations
@@ -324,32 +327,155 @@ def _load_field(ptr, stride, offs, mask):
 
 
 @triton.jit
-def _segment_sum4(k1, a1, b1, c1, d1, k2, a2, b2, c2, d2):
-    """Scan step of a sum restarted at each new key (exact for non-decreasing keys)."""
-    same = k1 == k2
-    return (k2, a2 + tl.where(same, a1, 0.0), b2 + tl.where(same, b1, 0.0),
-            c2 + tl.where(same, c1, 0.0), d2 + tl.where(same, d1, 0.0))
-
-
-@triton.jit
-def _segment_sum3(k1, a1, b1, c1, k2, a2, b2, c2):
-    same = k1 == k2
-    return k2, a2 + tl.where(same, a1, 0.0), b2 + tl.where(same, b1, 0.0), c2 + tl.where(same, c1, 0.0)
-
-
-@triton.jit
 def _sorted_block(order_ptr, keys_ptr, N, BLOCK: tl.constexpr):
-    """This program's particles in cell order: (particle index, mask, cell key, last of its run).
-
-    Particles with one base node share all 64 stencil nodes; their contributions are summed by
-    a segmented scan and only the last of each run in the block adds them to the grid.
-    """
+    """This program's particles in cell order: (particle index, mask, cell key)."""
     lane = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = lane < N
     key = tl.load(keys_ptr + lane, mask=mask, other=-1)
-    following = tl.load(keys_ptr + lane + 1, mask=lane + 1 < N, other=-1)
-    last = mask & ((following != key) | (tl.arange(0, BLOCK) == BLOCK - 1))
-    return tl.load(order_ptr + lane, mask=mask, other=0), mask, key, last
+    return tl.load(order_ptr + lane, mask=mask, other=0), mask, key
+
+
+# Staged values per particle, [STAGED_VALUES, BLOCK] per program: the stencil weights of the
+# four nodes on each axis (0-3 x, 4-7 y, 8-11 z), c̃ (12-14), dx·M row-major (15-23), mass (24).
+STAGED_VALUES = tl.constexpr(25)
+
+
+@triton.jit
+def _stage_particle(stage_ptr, l0, l1, l2, b0, b1, b2, dx, m, c0, c1, c2,
+                    m00, m01, m02, m10, m11, m12, m20, m21, m22, HAS_MASS: tl.constexpr, BLOCK: tl.constexpr):
+    """Stage what a particle adds to node b + (i, j, k): w_i w_j w_k (m, c + M o), o = x_node − x_p.
+
+    With o = (idx − (l − b)) dx on each axis, c + M o = c̃ + dx M idx with c̃ = c − dx M (l − b),
+    so the run phase evaluates each node with three products instead of nine.
+    """
+    lane = stage_ptr + tl.program_id(0) * (STAGED_VALUES * BLOCK) + tl.arange(0, BLOCK)
+    for a in tl.static_range(4):
+        tl.store(lane + a * BLOCK, _bspline((b0 + a).to(l0.dtype) - l0))
+        tl.store(lane + (4 + a) * BLOCK, _bspline((b1 + a).to(l1.dtype) - l1))
+        tl.store(lane + (8 + a) * BLOCK, _bspline((b2 + a).to(l2.dtype) - l2))
+    d0 = (l0 - b0.to(l0.dtype)) * dx
+    d1 = (l1 - b1.to(l1.dtype)) * dx
+    d2 = (l2 - b2.to(l2.dtype)) * dx
+    tl.store(lane + 12 * BLOCK, c0 - (m00 * d0 + m01 * d1 + m02 * d2))
+    tl.store(lane + 13 * BLOCK, c1 - (m10 * d0 + m11 * d1 + m12 * d2))
+    tl.store(lane + 14 * BLOCK, c2 - (m20 * d0 + m21 * d1 + m22 * d2))
+    tl.store(lane + 15 * BLOCK, dx * m00)
+    tl.store(lane + 16 * BLOCK, dx * m01)
+    tl.store(lane + 17 * BLOCK, dx * m02)
+    tl.store(lane + 18 * BLOCK, dx * m10)
+    tl.store(lane + 19 * BLOCK, dx * m11)
+    tl.store(lane + 20 * BLOCK, dx * m12)
+    tl.store(lane + 21 * BLOCK, dx * m20)
+    tl.store(lane + 22 * BLOCK, dx * m21)
+    tl.store(lane + 23 * BLOCK, dx * m22)
+    if HAS_MASS:
+        tl.store(lane + 24 * BLOCK, m)
+
+
+@triton.jit
+def _node_terms(w, m, e0, e1, e2, n02, n12, n22, step, acc_m, acc0, acc1, acc2):
+    """One node of a stencil column: adds w·m and w·(e + step·dx M[:, 2]) to the sums."""
+    return (acc_m + w * m, acc0 + w * (e0 + step * n02), acc1 + w * (e1 + step * n12),
+            acc2 + w * (e2 + step * n22))
+
+
+@triton.jit
+def _add_column(grid_ptr, row, live, acc_m, acc0, acc1, acc2, HAS_MASS: tl.constexpr, VECTOR: tl.constexpr):
+    """Adds one node's sums to its grid row: four scalar atomics, or one 16-byte reduction.
+
+    VECTOR (float32 on sm_90 and later) issues PTX's red.global.add.v4.f32, a quarter of the
+    atomic instructions, which bound the scatter. Its mass column adds acc_m even without
+    HAS_MASS, where the run phase leaves it exactly zero.
+    """
+    node = grid_ptr + row * 4
+    if VECTOR:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred %pv4; setp.ne.b32 %pv4, $6, 0; "
+            "@%pv4 red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.b32 $0, 0; }",
+            "=r,l,f,f,f,f,r", [node.to(tl.int64), acc_m, acc0, acc1, acc2, live.to(tl.int32)],
+            dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        if HAS_MASS:
+            tl.atomic_add(node + 0, acc_m, mask=live, sem="relaxed")
+        tl.atomic_add(node + 1, acc0, mask=live, sem="relaxed")
+        tl.atomic_add(node + 2, acc1, mask=live, sem="relaxed")
+        tl.atomic_add(node + 3, acc2, mask=live, sem="relaxed")
+
+
+@triton.jit
+def _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grid_ptr, key, mask, ny, nz,
+                  HAS_MASS: tl.constexpr, VECTOR: tl.constexpr, BLOCK: tl.constexpr):
+    """Adds the staged particles to the grid, one sum per (cell run, node) and value.
+
+    Particles with one base node (a run of equal keys) share all 64 stencil nodes. Lane (run,
+    column) of a [BLOCK / 16, 16] tile owns the column (i, j) of its run's stencil, loops over
+    the run's particles and adds four nodes' sums with one atomic each: no cross-lane traffic,
+    and a cell of k particles costs 64 atomics per value instead of 64·k. Runs are cut at the
+    program's edges. Without HAS_MASS only the momentum columns (1-3) are written.
+    """
+    RUNS: tl.constexpr = BLOCK // 16
+    program = tl.program_id(0)
+    lane = tl.arange(0, BLOCK)
+    previous = tl.load(keys_ptr + program * BLOCK + lane - 1, mask=mask & (lane > 0), other=-1)
+    starts = mask & (key != previous)
+    count = tl.sum(starts.to(tl.int32), axis=0)
+    table = runs_ptr + program * (BLOCK + 1)
+    tl.store(table + tl.cumsum(starts.to(tl.int32), axis=0) - 1, lane, mask=starts)
+    tl.store(table + count, tl.sum(mask.to(tl.int32), axis=0))
+    # the staged values and the run table were written by other lanes of this program
+    tl.debug_barrier()
+    stage = stage_ptr + program * (STAGED_VALUES * BLOCK)
+    column = tl.arange(0, 16)[None, :]
+    i = column // 4
+    j = column % 4
+    offset = (i * ny + j) * nz
+    for first_run in range(0, count, RUNS):
+        run = first_run + tl.arange(0, RUNS)[:, None] + 0 * column
+        live = run < count
+        first = tl.load(table + run, mask=live, other=0)
+        length = tl.load(table + run + 1, mask=live, other=0) - first
+        row = tl.load(keys_ptr + program * BLOCK + first, mask=live, other=0) + offset
+        acc_m0 = tl.zeros([RUNS, 16], dtype=grid_ptr.dtype.element_ty)
+        acc00, acc01, acc02 = acc_m0, acc_m0, acc_m0
+        acc_m1, acc10, acc11, acc12 = acc_m0, acc_m0, acc_m0, acc_m0
+        acc_m2, acc20, acc21, acc22 = acc_m0, acc_m0, acc_m0, acc_m0
+        acc_m3, acc30, acc31, acc32 = acc_m0, acc_m0, acc_m0, acc_m0
+        for step in range(0, tl.max(length)):
+            on = step < length
+            p = stage + first + step
+            w_ij = (tl.load(p + i * BLOCK, mask=on, other=0.0)
+                    * tl.load(p + (4 + j) * BLOCK, mask=on, other=0.0))
+            n00 = tl.load(p + 15 * BLOCK, mask=on, other=0.0)
+            n01 = tl.load(p + 16 * BLOCK, mask=on, other=0.0)
+            n10 = tl.load(p + 18 * BLOCK, mask=on, other=0.0)
+            n11 = tl.load(p + 19 * BLOCK, mask=on, other=0.0)
+            n20 = tl.load(p + 21 * BLOCK, mask=on, other=0.0)
+            n21 = tl.load(p + 22 * BLOCK, mask=on, other=0.0)
+            fi = i.to(n00.dtype)
+            fj = j.to(n00.dtype)
+            e0 = tl.load(p + 12 * BLOCK, mask=on, other=0.0) + fi * n00 + fj * n01
+            e1 = tl.load(p + 13 * BLOCK, mask=on, other=0.0) + fi * n10 + fj * n11
+            e2 = tl.load(p + 14 * BLOCK, mask=on, other=0.0) + fi * n20 + fj * n21
+            n02 = tl.load(p + 17 * BLOCK, mask=on, other=0.0)
+            n12 = tl.load(p + 20 * BLOCK, mask=on, other=0.0)
+            n22 = tl.load(p + 23 * BLOCK, mask=on, other=0.0)
+            m = tl.load(p + 24 * BLOCK, mask=on & HAS_MASS, other=0.0)
+            acc_m0, acc00, acc01, acc02 = _node_terms(
+                w_ij * tl.load(p + 8 * BLOCK, mask=on, other=0.0), m, e0, e1, e2, n02, n12, n22, 0.0,
+                acc_m0, acc00, acc01, acc02)
+            acc_m1, acc10, acc11, acc12 = _node_terms(
+                w_ij * tl.load(p + 9 * BLOCK, mask=on, other=0.0), m, e0, e1, e2, n02, n12, n22, 1.0,
+                acc_m1, acc10, acc11, acc12)
+            acc_m2, acc20, acc21, acc22 = _node_terms(
+                w_ij * tl.load(p + 10 * BLOCK, mask=on, other=0.0), m, e0, e1, e2, n02, n12, n22, 2.0,
+                acc_m2, acc20, acc21, acc22)
+            acc_m3, acc30, acc31, acc32 = _node_terms(
+                w_ij * tl.load(p + 11 * BLOCK, mask=on, other=0.0), m, e0, e1, e2, n02, n12, n22, 3.0,
+                acc_m3, acc30, acc31, acc32)
+        _add_column(grid_ptr, row, live, acc_m0, acc00, acc01, acc02, HAS_MASS, VECTOR)
+        _add_column(grid_ptr, row + 1, live, acc_m1, acc10, acc11, acc12, HAS_MASS, VECTOR)
+        _add_column(grid_ptr, row + 2, live, acc_m2, acc20, acc21, acc22, HAS_MASS, VECTOR)
+        _add_column(grid_ptr, row + 3, live, acc_m3, acc30, acc31, acc32, HAS_MASS, VECTOR)
 
 
 @triton.jit
@@ -412,16 +538,15 @@ def cell_keys(x_ptr, prm_ptr, keys_ptr, N, nx, ny, nz, BLOCK: tl.constexpr):
 def p2g_forward(
     x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
-    drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
-    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
-    UNROLL: tl.constexpr, INNER: tl.constexpr,
+    drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, stage_ptr, runs_ptr, N, nx, ny, nz, num_controlled,
+    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, VECTOR_ATOMICS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Stress and P2G: adds each particle's mass and momentum to its 64 nodes.
 
-    Particles come in cell order (order_ptr, keys_ptr): runs sharing a base node are summed
-    in registers first, so a cell of k particles costs 64 atomics instead of 64·k.
+    Particles come in cell order (order_ptr, keys_ptr); _scatter_runs sums runs that share a
+    base node before the atomics. stage_ptr and runs_ptr are per-program scratch.
     """
-    offs, mask, key, last = _sorted_block(order_ptr, keys_ptr, N, BLOCK)
+    offs, mask, key = _sorted_block(order_ptr, keys_ptr, N, BLOCK)
     dt = tl.load(prm_ptr + PRM_DT)
     dx = tl.load(prm_ptr + PRM_DX)
     scale = tl.load(prm_ptr + PRM_AFFINE_SCALE)
@@ -445,24 +570,9 @@ def p2g_forward(
         m, c00, c01, c02, c10, c11, c12, c20, c21, c22)
     v0, v1, v2 = _load_vector(v_ptr, offs, mask)
     q0, q1, q2 = _particle_momentum(m, 1.0 - dt * tl.load(drag_ptr), v0, v1, v2, force_ptr, offs, mask, dt, HAS_FORCE)
-
-    for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
-        w0, _s0, o0 = _axis(b0, l0, i, dx)
-        for j in tl.range(0, 4, loop_unroll_factor=INNER):
-            w1, _s1, o1 = _axis(b1, l1, j, dx)
-            row = ((b0 + i) * ny + (b1 + j)) * nz + b2
-            for k in tl.range(0, 4, loop_unroll_factor=INNER):
-                w2, _s2, o2 = _axis(b2, l2, k, dx)
-                w = w0 * w1 * w2
-                _key, run_m, run0, run1, run2 = tl.associative_scan(
-                    (key, w * m, w * (q0 + a00 * o0 + a01 * o1 + a02 * o2),
-                     w * (q1 + a10 * o0 + a11 * o1 + a12 * o2), w * (q2 + a20 * o0 + a21 * o1 + a22 * o2)),
-                    0, _segment_sum4)
-                node = grid_ptr + (row + k) * 4
-                tl.atomic_add(node + 0, run_m, mask=last, sem="relaxed")
-                tl.atomic_add(node + 1, run0, mask=last, sem="relaxed")
-                tl.atomic_add(node + 2, run1, mask=last, sem="relaxed")
-                tl.atomic_add(node + 3, run2, mask=last, sem="relaxed")
+    _stage_particle(stage_ptr, l0, l1, l2, b0, b1, b2, dx, m, q0, q1, q2,
+                    a00, a01, a02, a10, a11, a12, a20, a21, a22, True, BLOCK)
+    _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grid_ptr, key, mask, ny, nz, True, VECTOR_ATOMICS, BLOCK)
 
 
 @launched_kernel
@@ -567,15 +677,16 @@ def g2p_forward(
 def g2p_backward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
-    grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, N, nx, ny, nz, num_controlled,
-    BLOCK: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr,
+    grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, stage_ptr, runs_ptr,
+    N, nx, ny, nz, num_controlled, VECTOR_ATOMICS: tl.constexpr, BLOCK: tl.constexpr,
+    UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Adjoint of G2P, the trust region and the F update.
 
     Adds ∂L/∂v_i into grad_grid[:, 1:4] (atomics, particles in cell order as in p2g_forward)
     and writes the particle-local parts of ∂L/∂x [N, 3] and ∂L/∂Fh [N, 9].
     """
-    offs, mask, key, last = _sorted_block(order_ptr, keys_ptr, N, BLOCK)
+    offs, mask, key = _sorted_block(order_ptr, keys_ptr, N, BLOCK)
     dt = tl.load(prm_ptr + PRM_DT)
     dx = tl.load(prm_ptr + PRM_DX)
     scale = tl.load(prm_ptr + PRM_AFFINE_SCALE)
@@ -625,6 +736,9 @@ def g2p_backward(
     gu0 = dt * gx0 + gv0
     gu1 = dt * gx1 + gv1
     gu2 = dt * gx2 + gv2
+    # the grid gradient Σ_p w (gu + gB o) goes out through the run phase below
+    _stage_particle(stage_ptr, l0, l1, l2, b0, b1, b2, dx, 0.0, gu0, gu1, gu2,
+                    gb00, gb01, gb02, gb10, gb11, gb12, gb20, gb21, gb22, False, BLOCK)
 
     inv_dx = 1.0 / dx
     for i in tl.range(0, 4, loop_unroll_factor=UNROLL):
@@ -643,17 +757,13 @@ def g2p_backward(
                 r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
                 r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
                 r2 = gu2 + gb20 * o0 + gb21 * o1 + gb22 * o2
-                _key, run0, run1, run2 = tl.associative_scan((key, w * r0, w * r1, w * r2), 0, _segment_sum3)
-                gnode = grad_grid_ptr + (row + k) * 4
-                tl.atomic_add(gnode + 1, run0, mask=last, sem="relaxed")
-                tl.atomic_add(gnode + 2, run1, mask=last, sem="relaxed")
-                tl.atomic_add(gnode + 3, run2, mask=last, sem="relaxed")
                 g_w = (n0 * r0 + n1 * r1 + n2 * r2) * inv_dx
                 gx0 -= g_w * s0 * w1 * w2 + w * (gb00 * n0 + gb10 * n1 + gb20 * n2)
                 gx1 -= g_w * w0 * s1 * w2 + w * (gb01 * n0 + gb11 * n1 + gb21 * n2)
                 gx2 -= g_w * w0 * w1 * s2 + w * (gb02 * n0 + gb12 * n1 + gb22 * n2)
     _store_vector(gx_part_ptr, offs, mask, gx0, gx1, gx2)
     _store_matrix(gFh_part_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
+    _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grad_grid_ptr, key, mask, ny, nz, False, VECTOR_ATOMICS, BLOCK)
 
 
 @launched_kernel
