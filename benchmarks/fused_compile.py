@@ -107,8 +107,9 @@ def main() -> None:
     args = parser.parse_args()
     pointer = "*fp32" if args.dtype == "float32" else "*fp64"
     unroll = {"UNROLL": fused.STENCIL_UNROLL, "INNER": args.inner_unroll}
-    scan = {"BLOCK": fused.SCAN_BLOCK, "VECTOR_ATOMICS": args.dtype == "float32" and args.arch >= 90}
-    particle = {"BLOCK": fused.PARTICLE_BLOCK} | unroll
+    vector = {"VECTOR_ROWS": args.dtype == "float32" and args.arch >= 90}
+    scan = {"BLOCK": fused.SCAN_BLOCK} | vector
+    particle = {"BLOCK": fused.PARTICLE_BLOCK} | unroll | vector
     walls = {"CELLS": 3, "BOUNDARY": kernels.BOUNDARY_CODES["slip"], "BLOCK": fused.NODE_BLOCK}
     material = {"HAS_FORCE": False, "NEWTON": fused.NEWTON_ITERATIONS}
     variants = (

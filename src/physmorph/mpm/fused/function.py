@@ -100,10 +100,11 @@ def scatter_scratch(n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return stage, runs
 
 
-def vector_atomics(x: torch.Tensor) -> bool:
-    """Whether the scattering kernels may add a node's four values with one 16-byte reduction.
+def vector_rows(x: torch.Tensor) -> bool:
+    """Whether the kernels read and add a grid row's four values with one 16-byte access each.
 
-    PTX has it for float32 from sm_90 on; Triton's CPU interpreter cannot run inline PTX.
+    PTX's vector reduction (red.global.add.v4.f32) is float32 from sm_90 on; Triton's CPU
+    interpreter cannot run inline PTX.
     """
     if x.dtype != torch.float32 or x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
@@ -177,7 +178,7 @@ class FusedStep(torch.autograd.Function):
             n if dF is not None else 0,
             HAS_FORCE=force is not None,
             NEWTON=NEWTON_ITERATIONS,
-            VECTOR_ATOMICS=vector_atomics(x),
+            VECTOR_ROWS=vector_rows(x),
             BLOCK=SCAN_BLOCK,
             num_warps=SCAN_WARPS,
         )
@@ -201,6 +202,7 @@ class FusedStep(torch.autograd.Function):
             ny,
             nz,
             n if dF is not None else 0,
+            VECTOR_ROWS=vector_rows(x),
             BLOCK=PARTICLE_BLOCK,
             UNROLL=STENCIL_UNROLL,
             INNER=STENCIL_INNER_UNROLL,
@@ -248,7 +250,7 @@ class FusedStep(torch.autograd.Function):
             ny,
             nz,
             n if dF is not None else 0,
-            VECTOR_ATOMICS=vector_atomics(x),
+            VECTOR_ROWS=vector_rows(x),
             BLOCK=SCAN_BLOCK,
             UNROLL=STENCIL_UNROLL,
             INNER=STENCIL_INNER_UNROLL,
@@ -320,6 +322,7 @@ class FusedStep(torch.autograd.Function):
             n if dF is not None else 0,
             HAS_FORCE=force is not None,
             NEWTON=NEWTON_ITERATIONS,
+            VECTOR_ROWS=vector_rows(x),
             BLOCK=PARTICLE_BLOCK,
             UNROLL=STENCIL_UNROLL,
             INNER=STENCIL_INNER_UNROLL,

@@ -380,6 +380,25 @@ def _node_terms(w, m, e0, e1, e2, n02, n12, n22, step, acc_m, acc0, acc1, acc2):
 
 
 @triton.jit
+def _load_row(row_ptr, mask, VECTOR: tl.constexpr):
+    """The four values of a grid row: one 16-byte load (VECTOR: float32), or four scalar loads.
+
+    The vector load is not masked: a masked-out lane's clamped stencil still names grid rows,
+    and its values are never stored.
+    """
+    if VECTOR:
+        r0, r1, r2, r3 = tl.inline_asm_elementwise(
+            "ld.global.nc.v4.f32 {$0, $1, $2, $3}, [$4];", "=f,=f,=f,=f,l", [row_ptr.to(tl.int64)],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        r0 = tl.load(row_ptr + 0, mask=mask, other=0.0)
+        r1 = tl.load(row_ptr + 1, mask=mask, other=0.0)
+        r2 = tl.load(row_ptr + 2, mask=mask, other=0.0)
+        r3 = tl.load(row_ptr + 3, mask=mask, other=0.0)
+    return r0, r1, r2, r3
+
+
+@triton.jit
 def _add_column(grid_ptr, row, live, acc_m, acc0, acc1, acc2, HAS_MASS: tl.constexpr, VECTOR: tl.constexpr):
     """Adds one node's sums to its grid row: four scalar atomics, or one 16-byte reduction.
 
@@ -539,7 +558,7 @@ def p2g_forward(
     x_ptr, v_ptr, F_ptr, C_ptr, dF_ptr, force_ptr,
     lam_ptr, lam_stride, mu_ptr, mu_stride, mass_ptr, mass_stride, vol_ptr, vol_stride,
     drag_ptr, prm_ptr, grid_ptr, order_ptr, keys_ptr, stage_ptr, runs_ptr, N, nx, ny, nz, num_controlled,
-    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, VECTOR_ATOMICS: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, VECTOR_ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Stress and P2G: adds each particle's mass and momentum to its 64 nodes.
 
@@ -572,7 +591,7 @@ def p2g_forward(
     q0, q1, q2 = _particle_momentum(m, 1.0 - dt * tl.load(drag_ptr), v0, v1, v2, force_ptr, offs, mask, dt, HAS_FORCE)
     _stage_particle(stage_ptr, l0, l1, l2, b0, b1, b2, dx, m, q0, q1, q2,
                     a00, a01, a02, a10, a11, a12, a20, a21, a22, True, BLOCK)
-    _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grid_ptr, key, mask, ny, nz, True, VECTOR_ATOMICS, BLOCK)
+    _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grid_ptr, key, mask, ny, nz, True, VECTOR_ROWS, BLOCK)
 
 
 @launched_kernel
@@ -602,7 +621,7 @@ def _add_moments(w, n0, n1, n2, o0, o1, o2, u0, u1, u2, b00, b01, b02, b10, b11,
 
 @triton.jit
 def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale,
-                     UNROLL: tl.constexpr, INNER: tl.constexpr):
+                     VECTOR_ROWS: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr):
     """PIC velocity Σ w v_i and the APIC matrix B = D Σ w v_i (x_i − x_p)ᵀ over the 64 stencil nodes."""
     zero = 0.0 * l0
     u0 = zero
@@ -617,11 +636,9 @@ def _gather_velocity(velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, sca
             for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, _s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
-                node = velocity_ptr + (row + k) * 4
+                n0, n1, n2, _n3 = _load_row(velocity_ptr + (row + k) * 4, mask, VECTOR_ROWS)
                 u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _add_moments(
-                    w, tl.load(node + 0, mask=mask, other=0.0), tl.load(node + 1, mask=mask, other=0.0),
-                    tl.load(node + 2, mask=mask, other=0.0), o0, o1, o2,
-                    u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22)
+                    w, n0, n1, n2, o0, o1, o2, u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22)
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = _scale9(scale, b00, b01, b02, b10, b11, b12, b20, b21, b22)
     return u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22
 
@@ -643,7 +660,7 @@ def _trust_scale(b00, b11, b22, det, dt, trust_j, floor_j):
 def g2p_forward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     x_out, v_out, F_out, C_out, N, nx, ny, nz, num_controlled,
-    BLOCK: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr,
+    VECTOR_ROWS: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """G2P from the node velocities, trust region, smoothed F update, advection."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -653,7 +670,7 @@ def g2p_forward(
     x0, x1, x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     u0, u1, u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
         velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, tl.load(prm_ptr + PRM_DX),
-        tl.load(prm_ptr + PRM_AFFINE_SCALE), UNROLL, INNER)
+        tl.load(prm_ptr + PRM_AFFINE_SCALE), VECTOR_ROWS, UNROLL, INNER)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
@@ -678,7 +695,7 @@ def g2p_backward(
     x_ptr, F_ptr, dF_ptr, velocity_ptr, prm_ptr,
     gx_out_ptr, gv_out_ptr, gF_out_ptr, gC_out_ptr,
     grad_grid_ptr, gx_part_ptr, gFh_part_ptr, order_ptr, keys_ptr, stage_ptr, runs_ptr,
-    N, nx, ny, nz, num_controlled, VECTOR_ATOMICS: tl.constexpr, BLOCK: tl.constexpr,
+    N, nx, ny, nz, num_controlled, VECTOR_ROWS: tl.constexpr, BLOCK: tl.constexpr,
     UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Adjoint of G2P, the trust region and the F update.
@@ -696,7 +713,7 @@ def g2p_backward(
     _x0, _x1, _x2, l0, l1, l2, b0, b1, b2 = _local(x_ptr, offs, mask, prm_ptr, nx, ny, nz)
     # forward recompute of B for the trust region
     _u0, _u1, _u2, b00, b01, b02, b10, b11, b12, b20, b21, b22 = _gather_velocity(
-        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, UNROLL, INNER)
+        velocity_ptr, mask, l0, l1, l2, b0, b1, b2, ny, nz, dx, scale, VECTOR_ROWS, UNROLL, INNER)
     f00, f01, f02, f10, f11, f12, f20, f21, f22 = _load_matrix(F_ptr, offs, mask)
     h00, h01, h02, h10, h11, h12, h20, h21, h22 = _controlled(
         f00, f01, f02, f10, f11, f12, f20, f21, f22, dF_ptr, offs, mask, num_controlled)
@@ -749,10 +766,7 @@ def g2p_backward(
             for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
-                node = velocity_ptr + (row + k) * 4
-                n0 = tl.load(node + 0, mask=mask, other=0.0)
-                n1 = tl.load(node + 1, mask=mask, other=0.0)
-                n2 = tl.load(node + 2, mask=mask, other=0.0)
+                n0, n1, n2, _n3 = _load_row(velocity_ptr + (row + k) * 4, mask, VECTOR_ROWS)
                 # per-node gradient of the velocity the particle reads
                 r0 = gu0 + gb00 * o0 + gb01 * o1 + gb02 * o2
                 r1 = gu1 + gb10 * o0 + gb11 * o1 + gb12 * o2
@@ -763,7 +777,7 @@ def g2p_backward(
                 gx2 -= g_w * w0 * w1 * s2 + w * (gb02 * n0 + gb12 * n1 + gb22 * n2)
     _store_vector(gx_part_ptr, offs, mask, gx0, gx1, gx2)
     _store_matrix(gFh_part_ptr, offs, mask, gh00, gh01, gh02, gh10, gh11, gh12, gh20, gh21, gh22)
-    _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grad_grid_ptr, key, mask, ny, nz, False, VECTOR_ATOMICS, BLOCK)
+    _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grad_grid_ptr, key, mask, ny, nz, False, VECTOR_ROWS, BLOCK)
 
 
 @launched_kernel
@@ -801,7 +815,7 @@ def p2g_backward(
     drag_ptr, prm_ptr, grad_grid_ptr, gx_part_ptr, gFh_part_ptr, gF_out_ptr,
     gx_ptr, gv_ptr, gF_ptr, gC_ptr, gdF_ptr, gforce_ptr,
     glam_ptr, gmu_ptr, gmass_ptr, gvol_ptr, gdrag_ptr, N, nx, ny, nz, num_controlled,
-    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_FORCE: tl.constexpr, NEWTON: tl.constexpr, VECTOR_ROWS: tl.constexpr, BLOCK: tl.constexpr,
     UNROLL: tl.constexpr, INNER: tl.constexpr,
 ):
     """Adjoint of the stress and P2G; finishes every particle and material gradient."""
@@ -854,11 +868,7 @@ def p2g_backward(
             for k in tl.range(0, 4, loop_unroll_factor=INNER):
                 w2, s2, o2 = _axis(b2, l2, k, dx)
                 w = w0 * w1 * w2
-                gnode = grad_grid_ptr + (row + k) * 4
-                gmi = tl.load(gnode + 0, mask=mask, other=0.0)
-                gp0 = tl.load(gnode + 1, mask=mask, other=0.0)
-                gp1 = tl.load(gnode + 2, mask=mask, other=0.0)
-                gp2 = tl.load(gnode + 3, mask=mask, other=0.0)
+                gmi, gp0, gp1, gp2 = _load_row(grad_grid_ptr + (row + k) * 4, mask, VECTOR_ROWS)
                 g_m += w * gmi
                 gq0, gq1, gq2, ga00, ga01, ga02, ga10, ga11, ga12, ga20, ga21, ga22 = _add_moments(
                     w, gp0, gp1, gp2, o0, o1, o2,
