@@ -72,10 +72,10 @@ def main() -> None:
                 forward_backward()
             torch.cuda.synchronize(device)
             first = time.perf_counter() - t0
-            fwd = median_ms(forward, device, repeats=20)
+            fwd = median_ms(forward, device, repeats=20, calls=10)
             line = f"{label} {first:>8.1f} {fwd:>8.3f} {count / fwd / 1e3:>9.1f}"
             if args.backward:
-                both = median_ms(forward_backward, device, repeats=10)
+                both = median_ms(forward_backward, device, repeats=10, calls=10)
                 line += f" {both:>8.3f} {count / both / 1e3:>9.1f}"
         except Exception as error:  # a launch configuration the compiler rejects is a result too
             line = f"{label} failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"

@@ -1,7 +1,7 @@
 """MPM step benchmark: forward and forward+backward ms/step of the reference and fused backends.
 
 Runnable as `python benchmarks/mpm_step.py [--sizes 16384 1048576] [--profile 1048576]
-[--plasticity off|on|both]`. A dense block of particles (8 per cell, lattice spacing dx/2,
+[--plasticity off|on|both] [--calls 10] [--cuda-graph]`. A dense block of particles (8 per cell, lattice spacing dx/2,
 jittered) sits in a 128³-cell grid (dx = 1, nodes 129³), cubic kernel, fixed corotated, slip
 walls, one random ΔF control per step; `--plasticity on` adds the von Mises return mapping
 (τ_y = --yield-stress, most particles flow) and `both` times each backend with and without it.
@@ -51,8 +51,12 @@ def particle_block(
     return state, control.to(**cast), model
 
 
-def median_ms(function, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `function()` in ms (CUDA events on CUDA)."""
+def median_ms(function, device: torch.device, repeats: int, warmup: int = 2, calls: int = 1) -> float:
+    """Median wall time of `function()` in ms (CUDA events on CUDA).
+
+    On CUDA each sample times `calls` calls issued back to back, as a rollout issues its steps,
+    and divides: with calls = 1 a sample also holds the host's launch latency of one call.
+    """
     for _ in range(warmup):
         function()
     times = []
@@ -61,16 +65,36 @@ def median_ms(function, device: torch.device, repeats: int, warmup: int = 2) -> 
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            function()
+            for _ in range(calls):
+                function()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(start.elapsed_time(end) / calls)
     else:
         for _ in range(repeats):
             t0 = time.perf_counter()
             function()
             times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
+
+
+def graphed(function, calls: int):
+    """`calls` back-to-back calls of `function` captured as one CUDA graph: its replay.
+
+    A replay issues no host work per kernel, so it times the GPU alone; the fused step is
+    capturable (a morph's episodes replay it, physmorph.optimize.graphs).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            function()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            function()
+    return graph.replay
 
 
 def copy_bandwidth(device: torch.device) -> float:
@@ -117,7 +141,13 @@ def step_runs(step_function, state: State, control: torch.Tensor, model: Model):
 
 
 def benchmark(
-    backend: str, n: int, device: torch.device, dtype: torch.dtype, plasticity: Plasticity | None = None
+    backend: str,
+    n: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    plasticity: Plasticity | None = None,
+    calls: int = 1,
+    cuda_graph: bool = False,
 ) -> dict:
     state, control, model = particle_block(n, device, dtype, plasticity)
     count = state.num_particles
@@ -130,8 +160,13 @@ def benchmark(
     repeats = 3 if (slow and (device.type == "cpu" or count > 2_000_000)) else (5 if slow else 20)
     result = {"backend": backend, "n": count}
     try:
-        result["forward_ms"] = median_ms(forward, device, repeats)
-        result["forward_backward_ms"] = median_ms(forward_backward, device, repeats)
+        calls = 1 if slow else calls
+        if cuda_graph and not slow:
+            result["forward_ms"] = median_ms(graphed(forward, calls), device, repeats) / calls
+            result["forward_backward_ms"] = median_ms(graphed(forward_backward, calls), device, repeats) / calls
+        else:
+            result["forward_ms"] = median_ms(forward, device, repeats, calls=calls)
+            result["forward_backward_ms"] = median_ms(forward_backward, device, repeats, calls=calls)
     except torch.OutOfMemoryError:
         result["forward_ms"] = result.get("forward_ms", float("nan"))
         result["forward_backward_ms"] = float("nan")
@@ -168,6 +203,12 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, help="profile the fused step at this N (CUDA)")
     parser.add_argument("--plasticity", default="off", choices=["off", "on", "both"], help="von Mises return mapping")
     parser.add_argument("--yield-stress", type=float, default=1000.0, help="τ_y with --plasticity on/both")
+    parser.add_argument(
+        "--calls", type=int, default=10, help="fused steps per CUDA sample, back to back (1: single synchronised calls)"
+    )
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="fused rows: replay the back-to-back steps as one CUDA graph"
+    )
     args = parser.parse_args()
     variants = {"off": [None], "on": [Plasticity(args.yield_stress)], "both": [None, Plasticity(args.yield_stress)]}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,7 +232,7 @@ def main() -> None:
         for plasticity in variants[args.plasticity]:
             reference = None
             for backend in backends:
-                r = benchmark(backend, n, device, dtype, plasticity)
+                r = benchmark(backend, n, device, dtype, plasticity, args.calls, args.cuda_graph)
                 count = r["n"]
                 fwd_bytes, total_bytes = fewest_bytes(count, nodes, torch.finfo(dtype).bits // 8)
                 speedup = ("", "")
@@ -222,6 +263,9 @@ def main() -> None:
         "Mp/s = 10⁶ particle-steps per second; x = reference time / fused time;"
         " BW = fewest bytes / time in GB/s (% of copy)"
     )
+    if cuda:
+        replayed = ", replayed as one CUDA graph" if args.cuda_graph else ""
+        print(f"fused rows: each sample {args.calls} steps back to back{replayed}; reference rows: single calls")
     print(header)
     print("\n".join(rows))
     if cuda and args.profile:
