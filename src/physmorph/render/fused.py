@@ -35,6 +35,35 @@ BLOCK = 256
 # gsplat's rasteriser takes 8 channels but not 7, which it would pad and copy).
 
 
+def feature_channels(has_normals: bool) -> int:
+    """Channels of a feature row (see _layout)."""
+    return 8 if has_normals else 4
+
+
+@triton.jit
+def _layout(HAS_NORMALS: tl.constexpr):
+    """(channels, depth channel) of a feature row: (r, g, b, nx, ny, nz, depth, 0) or (r, g, b, depth)."""
+    if HAS_NORMALS:
+        return 8, 6
+    else:
+        return 4, 3
+
+
+@triton.jit
+def _pixels(features, alpha, background, background_stride_c, background_stride_p, pixels, per_image, threshold,
+            HAS_NORMALS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """This program's pixels: (index, live, feature row, row width, depth channel, alpha, background, covered).
+
+    covered marks α above the threshold, where depth and normal are normalised (0 elsewhere).
+    """
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = p < pixels
+    channels, depth_channel = _layout(HAS_NORMALS)
+    a = tl.load(alpha + p, mask=live, other=0.0)
+    backdrop = background + (p // per_image) * background_stride_c + (p % per_image) * background_stride_p
+    return p, live, features + p * channels, channels, depth_channel, a, backdrop, a > tl.load(threshold)
+
+
 @triton.jit
 def _unit_scale(length, eps):
     """1 / max(length, eps): the scale of shading._unit."""
@@ -120,8 +149,7 @@ def _prepare_forward(
     red = tl.load(albedo + m * albedo_stride_m, mask=live)
     green = tl.load(albedo + m * albedo_stride_m + albedo_stride_k, mask=live)
     blue = tl.load(albedo + m * albedo_stride_m + 2 * albedo_stride_k, mask=live)
-    channels = 8 if HAS_NORMALS else 4
-    depth_channel = 6 if HAS_NORMALS else 3
+    channels, depth_channel = _layout(HAS_NORMALS)
     if HAS_NORMALS:
         nx = tl.load(normals + m * 3, mask=live)
         ny = tl.load(normals + m * 3 + 1, mask=live)
@@ -207,7 +235,7 @@ def _prepare_backward(
         px = tl.load(means + m * 3, mask=live)
         py = tl.load(means + m * 3 + 1, mask=live)
         pz = tl.load(means + m * 3 + 2, mask=live)
-    depth_channel = 6 if HAS_NORMALS else 3
+    _channels, depth_channel = _layout(HAS_NORMALS)
     if HAS_GRAD_FEATURES:
         for c in range(cameras):
             cotangent = grad_features + c * grad_features_stride_c + m * grad_features_stride_m
@@ -301,7 +329,7 @@ class _PrepareGaussians(torch.autograd.Function):
         count, cameras = means.shape[0], viewmats.shape[0]
         parameters, model, two_sided = _parameters(lighting, max_opacity, means.dtype, means.device)
         has_normals = normals is not None
-        features = means.new_empty(cameras, count, 8 if has_normals else 4)
+        features = means.new_empty(cameras, count, feature_channels(has_normals))
         upper = means.new_empty(count, 6)
         clamped = means.new_empty(count)
         normals_arg = normals if has_normals else means
@@ -396,17 +424,12 @@ def _finish_forward(
     rgb, depth, normal, pixels, per_image, threshold,
     HAS_NORMALS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    live = p < pixels
-    channels = 8 if HAS_NORMALS else 4
-    depth_channel = 6 if HAS_NORMALS else 3
-    base = features + p * channels
-    a = tl.load(alpha + p, mask=live, other=0.0)
-    backdrop = background + (p // per_image) * background_stride_c + (p % per_image) * background_stride_p
+    p, live, base, _channels, depth_channel, a, backdrop, covered = _pixels(
+        features, alpha, background, background_stride_c, background_stride_p, pixels, per_image, threshold,
+        HAS_NORMALS, BLOCK)  # fmt: skip
     for k in tl.static_range(3):
         value = tl.load(base + k, mask=live) + (1.0 - a) * tl.load(backdrop + k, mask=live)
         tl.store(rgb + p * 3 + k, value, mask=live)
-    covered = a > tl.load(threshold)
     safe_alpha = tl.where(covered, a, 1.0)
     tl.store(depth + p, tl.where(covered, tl.load(base + depth_channel, mask=live) / safe_alpha, 0.0), mask=live)
     if HAS_NORMALS:
@@ -426,23 +449,18 @@ def _finish_backward(
     HAS_NORMALS: tl.constexpr, HAS_GRAD_RGB: tl.constexpr, HAS_GRAD_DEPTH: tl.constexpr,
     HAS_GRAD_NORMAL: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    live = p < pixels
-    channels = 8 if HAS_NORMALS else 4
-    depth_channel = 6 if HAS_NORMALS else 3
-    base = features + p * channels
+    p, live, base, channels, depth_channel, a, backdrop, covered = _pixels(
+        features, alpha, background, background_stride_c, background_stride_p, pixels, per_image, threshold,
+        HAS_NORMALS, BLOCK)  # fmt: skip
     out = grad_features + p * channels
-    a = tl.load(alpha + p, mask=live, other=0.0)
     zero = tl.zeros([BLOCK], dtype=grad_alpha.dtype.element_ty)
     g_alpha = zero
-    backdrop = background + (p // per_image) * background_stride_c + (p % per_image) * background_stride_p
     for k in tl.static_range(3):
         g = zero
         if HAS_GRAD_RGB:
             g = tl.load(grad_rgb + p * 3 + k, mask=live)
             g_alpha -= g * tl.load(backdrop + k, mask=live)
         tl.store(out + k, g, mask=live)
-    covered = a > tl.load(threshold)
     safe_alpha = tl.where(covered, a, 1.0)
     g_depth_sum = zero
     if HAS_GRAD_DEPTH:
