@@ -341,6 +341,12 @@ STAGED_VALUES = tl.constexpr(25)
 
 
 @triton.jit
+def _stage_block(stage_ptr, BLOCK: tl.constexpr):
+    """This program's [STAGED_VALUES, BLOCK] scratch (64-bit offset: 25 N passes 2³¹ at 86 M particles)."""
+    return stage_ptr + tl.program_id(0).to(tl.int64) * (STAGED_VALUES * BLOCK)
+
+
+@triton.jit
 def _stage_particle(stage_ptr, l0, l1, l2, b0, b1, b2, dx, m, c0, c1, c2,
                     m00, m01, m02, m10, m11, m12, m20, m21, m22, HAS_MASS: tl.constexpr, BLOCK: tl.constexpr):
     """Stage what a particle adds to node b + (i, j, k): w_i w_j w_k (m, c + M o), o = x_node − x_p.
@@ -348,7 +354,7 @@ def _stage_particle(stage_ptr, l0, l1, l2, b0, b1, b2, dx, m, c0, c1, c2,
     With o = (idx − (l − b)) dx on each axis, c + M o = c̃ + dx M idx with c̃ = c − dx M (l − b),
     so the run phase evaluates each node with three products instead of nine.
     """
-    lane = stage_ptr + tl.program_id(0) * (STAGED_VALUES * BLOCK) + tl.arange(0, BLOCK)
+    lane = _stage_block(stage_ptr, BLOCK) + tl.arange(0, BLOCK)
     for a in tl.static_range(4):
         tl.store(lane + a * BLOCK, _bspline((b0 + a).to(l0.dtype) - l0))
         tl.store(lane + (4 + a) * BLOCK, _bspline((b1 + a).to(l1.dtype) - l1))
@@ -443,7 +449,7 @@ def _scatter_runs(stage_ptr, runs_ptr, keys_ptr, grid_ptr, key, mask, ny, nz,
     tl.store(table + count, tl.sum(mask.to(tl.int32), axis=0))
     # the staged values and the run table were written by other lanes of this program
     tl.debug_barrier()
-    stage = stage_ptr + program * (STAGED_VALUES * BLOCK)
+    stage = _stage_block(stage_ptr, BLOCK)
     column = tl.arange(0, 16)[None, :]
     i = column // 4
     j = column % 4
