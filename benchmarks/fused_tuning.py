@@ -2,9 +2,10 @@
 
 Runnable as `python benchmarks/fused_tuning.py [--n 1048576] [--backward] [--inner-unroll 1 4]` on a
 CUDA machine (`--inner-unroll`: the rows again for each unroll of the inner two stencil axes).
-Each row sets the block sizes and warps of the scanning kernels (P2G forward, G2P adjoint), of
+Each row sets the block sizes and warps of the scattering kernels (P2G forward, G2P adjoint; SCAN_BLOCK), of
 the per-particle kernels (G2P forward, P2G adjoint) and the unroll factor of the outer stencil
-axis, then times one step on the dense block of benchmarks/mpm_step.py. The first call of a row
+axis, then times steps on the dense block of benchmarks/mpm_step.py (each sample 10 steps back to
+back, median of 20 / 10 samples; single synchronised steps swung by ±20%). The first call of a row
 includes Triton's compilation of any new kernel variant (the `first s` column).
 """
 
