@@ -1,9 +1,9 @@
 """MPM step benchmark: forward and forward+backward ms/step of the reference and fused backends.
 
 Runnable as `python benchmarks/mpm_step.py [--sizes 16384 1048576] [--profile 1048576]
-[--plasticity off|on|both] [--calls 10] [--cuda-graph]`. A dense block of particles (8 per cell, lattice spacing dx/2,
-jittered) sits in a 128³-cell grid (dx = 1, nodes 129³), cubic kernel, fixed corotated, slip
-walls, one random ΔF control per step; `--plasticity on` adds the von Mises return mapping
+[--plasticity off|on|both] [--calls 10] [--cuda-graph] [--host]`. A dense block of particles (8 per
+cell, lattice spacing dx/2, jittered) sits in a 128³-cell grid (dx = 1, nodes 129³), cubic kernel,
+fixed corotated, slip walls, one random ΔF control per step; `--plasticity on` adds the von Mises return mapping
 (τ_y = --yield-stress, most particles flow) and `both` times each backend with and without it.
 On CUDA both backends run in one process and the table gives their ratio and the fused step's
 effective bandwidth (fewest bytes a step must move / time) against the measured device-to-device
@@ -78,6 +78,23 @@ def median_ms(function, device: torch.device, repeats: int, warmup: int = 2, cal
     return statistics.median(times)
 
 
+def host_ms(function, device: torch.device, calls: int, samples: int = 5) -> float:
+    """Median host time in ms to issue one call of `function` (`calls` in a row, no waiting).
+
+    Where it exceeds the GPU time of a call, back-to-back steps wait on the host, not the GPU.
+    """
+    function()
+    times = []
+    for _ in range(samples):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            function()
+        times.append(1e3 * (time.perf_counter() - t0) / calls)
+    torch.cuda.synchronize(device)
+    return statistics.median(times)
+
+
 def graphed(function, calls: int):
     """`calls` back-to-back calls of `function` captured as one CUDA graph: its replay.
 
@@ -148,6 +165,7 @@ def benchmark(
     plasticity: Plasticity | None = None,
     calls: int = 1,
     cuda_graph: bool = False,
+    host: bool = False,
 ) -> dict:
     state, control, model = particle_block(n, device, dtype, plasticity)
     count = state.num_particles
@@ -167,6 +185,10 @@ def benchmark(
         else:
             result["forward_ms"] = median_ms(forward, device, repeats, calls=calls)
             result["forward_backward_ms"] = median_ms(forward_backward, device, repeats, calls=calls)
+        if host and not slow and device.type == "cuda":
+            result["note"] = (
+                f"host {host_ms(forward, device, calls):.3f} / {host_ms(forward_backward, device, calls):.3f} ms"
+            )
     except torch.OutOfMemoryError:
         result["forward_ms"] = result.get("forward_ms", float("nan"))
         result["forward_backward_ms"] = float("nan")
@@ -209,6 +231,9 @@ def main() -> None:
     parser.add_argument(
         "--cuda-graph", action="store_true", help="fused rows: replay the back-to-back steps as one CUDA graph"
     )
+    parser.add_argument(
+        "--host", action="store_true", help="fused rows: also the host's time to issue a fwd / f+b step (eager)"
+    )
     args = parser.parse_args()
     variants = {"off": [None], "on": [Plasticity(args.yield_stress)], "both": [None, Plasticity(args.yield_stress)]}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -232,7 +257,7 @@ def main() -> None:
         for plasticity in variants[args.plasticity]:
             reference = None
             for backend in backends:
-                r = benchmark(backend, n, device, dtype, plasticity, args.calls, args.cuda_graph)
+                r = benchmark(backend, n, device, dtype, plasticity, args.calls, args.cuda_graph, args.host)
                 count = r["n"]
                 fwd_bytes, total_bytes = fewest_bytes(count, nodes, torch.finfo(dtype).bits // 8)
                 speedup = ("", "")
