@@ -325,3 +325,15 @@ def test_host_numbers_become_one_cached_device_tensor_and_tensors_keep_their_gra
     stiffness = torch.tensor(3.0, requires_grad=True)
     (2.0 * _on_device(stiffness, like)).sum().backward()
     assert stiffness.grad == 2.0
+
+
+def test_vector_rows_only_for_float32_on_a_cuda_device(monkeypatch):
+    from physmorph.mpm.fused.function import vector_rows
+
+    assert not vector_rows(torch.zeros(4, 3))
+    if torch.cuda.is_available():
+        on_gpu = torch.zeros(4, 3, device="cuda")
+        assert vector_rows(on_gpu) == (torch.version.hip is None and torch.cuda.get_device_capability() >= (9, 0))
+        assert not vector_rows(on_gpu.double())
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert not vector_rows(on_gpu)

@@ -103,10 +103,13 @@ def scatter_scratch(n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def vector_rows(x: torch.Tensor) -> bool:
     """Whether the kernels read and add a grid row's four values with one 16-byte access each.
 
-    PTX's vector reduction (red.global.add.v4.f32) is float32 from sm_90 on; Triton's CPU
-    interpreter cannot run inline PTX.
+    PTX's vector reduction (red.global.add.v4.f32) is float32 from sm_90 on; neither a ROCm
+    build (whose "cuda" devices report their own architecture numbers) nor Triton's CPU
+    interpreter can run inline PTX.
     """
-    if x.dtype != torch.float32 or x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if x.dtype != torch.float32 or x.device.type != "cuda" or torch.version.hip is not None:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return torch.cuda.get_device_capability(x.device) >= (9, 0)
 
