@@ -131,8 +131,12 @@ def variants(args: argparse.Namespace, target: str, dx: float, image_folder: Pat
     return runs
 
 
-def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tuple[float, float]:
-    """Chamfer and mean held-out mesh IoU of the run's final state."""
+def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tuple[float, float, float]:
+    """Chamfer, mean held-out and mean training-view mesh IoU of the run's final state.
+
+    The training views' IoU is what run_morph records as summary.json's mesh_iou.train, which an
+    image-only run (no mesh in its config) cannot record.
+    """
     scoring = copy.deepcopy(mapping)
     scoring.pop("mode", None)
     scoring["e2e"].pop("target_images", None)
@@ -141,8 +145,9 @@ def score(mapping: dict, run: Path, device: torch.device, episodes: int) -> tupl
     final = load_state(RunPaths(run).state(episodes - 1), device, setup.initial.num_particles)
     views = MeshViews.build(config, setup)
     binding = setup.bind_source_surface(config.surface)
-    heldout = views.iou(final, binding, render_settings(config))["heldout"]
-    return chamfer_distance(final.positions, setup.target_points).item(), float(np.mean(heldout))
+    iou = views.iou(final, binding, render_settings(config))
+    chamfer = chamfer_distance(final.positions, setup.target_points).item()
+    return chamfer, float(np.mean(iou["heldout"])), float(np.mean(iou["train"]))
 
 
 def main() -> None:
@@ -227,9 +232,7 @@ def main() -> None:
                     # the first episode also compiles kernels and records CUDA graphs
                     later = summary["episodes"][1:] or summary["episodes"]
                     seconds = float(np.mean([record["seconds"] for record in later]))
-                    chamfer, iou = score(mapping, run, device, args.episodes)
-                    # the training views' IoU as the run recorded it (after its last episode)
-                    train = float(np.mean(summary["episodes"][-1]["mesh_iou"]["train"]))
+                    chamfer, iou, train = score(mapping, run, device, args.episodes)
                     print(
                         f"| isosphere → {target:<6} | {dx:>4} | {name:<16} | {chamfer:>7.3f} | {1 - iou:>14.4f} | "
                         f"{1 - train:>11.4f} | {seconds:>9.2f} |",
