@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from physmorph.mpm import Grid, Material, Model
-from physmorph.mpm.fused import _on_device, _per_particle, kernels
-from physmorph.mpm.fused.function import FusedStep, StepSettings
+from physmorph.mpm import Grid, Material, Model, State
+from physmorph.mpm.fused import kernels, step_arguments
+from physmorph.mpm.fused.function import FusedStep
 
 KERNELS = ("cell_keys", "p2g_forward", "grid_velocity", "g2p_forward", "g2p_backward", "grid_backward", "p2g_backward")
 
@@ -50,19 +50,7 @@ def main() -> None:
     cotangents += [torch.randn(n, 3, 3, generator=g), torch.randn(n, 3, 3, generator=g)]
 
     def apply() -> tuple[torch.Tensor, ...]:
-        lead = leaves[0]
-        material = model.material
-        return FusedStep.apply(
-            *leaves,
-            None,
-            _per_particle(material.lam, n, lead),
-            _per_particle(material.mu, n, lead),
-            _per_particle(model.masses, n, lead),
-            _per_particle(model.volumes, n, lead),
-            _on_device(model.drag, lead).reshape(()),
-            _on_device(model.external_force, lead).reshape(3).contiguous(),
-            StepSettings.of(model),
-        )
+        return FusedStep.apply(*step_arguments(State(*leaves[:4]), model, leaves[4], None))
 
     def forward() -> None:
         with torch.no_grad():

@@ -24,20 +24,13 @@ SCRIPT = """
 import json
 import torch
 from physmorph.mpm import State, step
-from physmorph.mpm.fused import _on_device, _per_particle
-from physmorph.mpm.fused.function import FusedStep, StepSettings
+from physmorph.mpm.fused import step_arguments
+from physmorph.mpm.fused.function import FusedStep
 from tests.mpm.test_fused import _model, _setup
 
 
 def fused(state, model, control, force):
-    x = state.positions
-    n = x.shape[0]
-    material = model.material
-    return State(*FusedStep.apply(
-        x, state.velocities, state.deformation_gradients, state.affine_velocities, control, force,
-        _per_particle(material.lam, n, x), _per_particle(material.mu, n, x), _per_particle(model.masses, n, x),
-        _per_particle(model.volumes, n, x), _on_device(model.drag, x).reshape(()),
-        _on_device(model.external_force, x).reshape(3), StepSettings.of(model)))
+    return State(*FusedStep.apply(*step_arguments(state, model, control, force)))
 
 
 errors = {}

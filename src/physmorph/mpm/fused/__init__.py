@@ -75,12 +75,37 @@ def fused_step(
     """
     if not supports_fused(state, model):
         return step(state, model, deformation_control, force)
-    from physmorph.mpm.fused.function import FusedStep, StepSettings
+    from physmorph.mpm.fused.function import FusedStep
 
     x = state.positions
     n, dtype = x.shape[0], x.dtype
     material = model.material
-    outputs = FusedStep.apply(
+    x_new, v_new, F_trial, C_new = FusedStep.apply(*step_arguments(state, model, deformation_control, force))
+    plasticity = model.plasticity
+    if plasticity is None or not (_host_number(plasticity.yield_stress) and _host_number(plasticity.hardening)):
+        F_new, plastic_strain = plastic_flow(F_trial, state, model)
+        return State(x_new, v_new, F_new, C_new, plastic_strain)
+    from physmorph.mpm.fused.return_mapping import FusedReturnMapping, settings_values
+
+    F_new, plastic_strain = FusedReturnMapping.apply(
+        F_trial,
+        state.tensors[4].to(dtype),
+        _per_particle(material.mu, n, x),
+        device_constant(settings_values(float(plasticity.yield_stress), float(plasticity.hardening)), dtype, x.device),
+    )
+    return State(x_new, v_new, F_new, C_new, plastic_strain)
+
+
+def step_arguments(
+    state: State, model: Model, deformation_control: torch.Tensor | None, force: torch.Tensor | None
+) -> tuple:
+    """FusedStep.apply's arguments for one step of `state` (see FusedStep)."""
+    from physmorph.mpm.fused.function import StepSettings
+
+    x = state.positions
+    n, dtype = x.shape[0], x.dtype
+    material = model.material
+    return (
         x.contiguous(),
         state.velocities.contiguous(),
         state.deformation_gradients.contiguous(),
@@ -95,20 +120,6 @@ def fused_step(
         _on_device(model.external_force, x).reshape(3).contiguous(),
         StepSettings.of(model),
     )
-    x_new, v_new, F_trial, C_new = outputs
-    plasticity = model.plasticity
-    if plasticity is None or not (_host_number(plasticity.yield_stress) and _host_number(plasticity.hardening)):
-        F_new, plastic_strain = plastic_flow(F_trial, state, model)
-        return State(x_new, v_new, F_new, C_new, plastic_strain)
-    from physmorph.mpm.fused.return_mapping import FusedReturnMapping, settings_values
-
-    F_new, plastic_strain = FusedReturnMapping.apply(
-        F_trial,
-        state.tensors[4].to(dtype),
-        _per_particle(material.mu, n, x),
-        device_constant(settings_values(float(plasticity.yield_stress), float(plasticity.hardening)), dtype, x.device),
-    )
-    return State(x_new, v_new, F_new, C_new, plastic_strain)
 
 
 def _host_number(value: torch.Tensor | float) -> bool:
