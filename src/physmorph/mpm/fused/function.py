@@ -153,6 +153,7 @@ class FusedStep(torch.autograd.Function):
         control = dF if dF is not None else F
         particle_force = force if force is not None else x
         order, keys = cell_order(x, prm, settings)
+        vector = vector_rows(x)
         kernels.p2g_forward[_launch_grid(n, SCAN_BLOCK)](
             x,
             v,
@@ -181,7 +182,7 @@ class FusedStep(torch.autograd.Function):
             n if dF is not None else 0,
             HAS_FORCE=force is not None,
             NEWTON=NEWTON_ITERATIONS,
-            VECTOR_ROWS=vector_rows(x),
+            VECTOR_ROWS=vector,
             BLOCK=SCAN_BLOCK,
             num_warps=SCAN_WARPS,
         )
@@ -205,7 +206,7 @@ class FusedStep(torch.autograd.Function):
             ny,
             nz,
             n if dF is not None else 0,
-            VECTOR_ROWS=vector_rows(x),
+            VECTOR_ROWS=vector,
             BLOCK=PARTICLE_BLOCK,
             UNROLL=STENCIL_UNROLL,
             INNER=STENCIL_INNER_UNROLL,
@@ -215,6 +216,7 @@ class FusedStep(torch.autograd.Function):
             x, v, F, C, dF, force, lam, mu, masses, volumes, drag, external_force, grid, prm, order, keys
         )
         ctx.settings = settings
+        ctx.vector_rows = vector
         return x_new, v_new, F_new, C_new
 
     @staticmethod
@@ -223,6 +225,7 @@ class FusedStep(torch.autograd.Function):
             ctx.saved_tensors
         )
         settings = ctx.settings
+        vector = ctx.vector_rows
         n = x.shape[0]
         nx, ny, nz = settings.dims
         g_x, g_v, g_F, g_C = (g.contiguous() for g in (g_x, g_v, g_F, g_C))
@@ -253,7 +256,7 @@ class FusedStep(torch.autograd.Function):
             ny,
             nz,
             n if dF is not None else 0,
-            VECTOR_ROWS=vector_rows(x),
+            VECTOR_ROWS=vector,
             BLOCK=SCAN_BLOCK,
             UNROLL=STENCIL_UNROLL,
             INNER=STENCIL_INNER_UNROLL,
@@ -325,7 +328,7 @@ class FusedStep(torch.autograd.Function):
             n if dF is not None else 0,
             HAS_FORCE=force is not None,
             NEWTON=NEWTON_ITERATIONS,
-            VECTOR_ROWS=vector_rows(x),
+            VECTOR_ROWS=vector,
             BLOCK=PARTICLE_BLOCK,
             UNROLL=STENCIL_UNROLL,
             INNER=STENCIL_INNER_UNROLL,

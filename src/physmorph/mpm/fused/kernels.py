@@ -356,9 +356,9 @@ def _stage_particle(stage_ptr, l0, l1, l2, b0, b1, b2, dx, m, c0, c1, c2,
     """
     lane = _stage_block(stage_ptr, BLOCK) + tl.arange(0, BLOCK)
     for a in tl.static_range(4):
-        tl.store(lane + a * BLOCK, _bspline((b0 + a).to(l0.dtype) - l0))
-        tl.store(lane + (4 + a) * BLOCK, _bspline((b1 + a).to(l1.dtype) - l1))
-        tl.store(lane + (8 + a) * BLOCK, _bspline((b2 + a).to(l2.dtype) - l2))
+        tl.store(lane + a * BLOCK, _axis(b0, l0, a, dx)[0])
+        tl.store(lane + (4 + a) * BLOCK, _axis(b1, l1, a, dx)[0])
+        tl.store(lane + (8 + a) * BLOCK, _axis(b2, l2, a, dx)[0])
     d0 = (l0 - b0.to(l0.dtype)) * dx
     d1 = (l1 - b1.to(l1.dtype)) * dx
     d2 = (l2 - b2.to(l2.dtype)) * dx
