@@ -50,6 +50,15 @@ def _layout(HAS_NORMALS: tl.constexpr):
 
 
 @triton.jit
+def _lighting(parameters):
+    """The nine settings of `_parameters`, in its order: light direction (3), ambient, diffuse,
+    specular, shininess, the normals' eps and the opacity clamp."""
+    return (tl.load(parameters + 0), tl.load(parameters + 1), tl.load(parameters + 2), tl.load(parameters + 3),
+            tl.load(parameters + 4), tl.load(parameters + 5), tl.load(parameters + 6), tl.load(parameters + 7),
+            tl.load(parameters + 8))  # fmt: skip
+
+
+@triton.jit
 def _pixels(features, alpha, background, background_stride_c, background_stride_p, pixels, per_image, threshold,
             HAS_NORMALS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
     """This program's pixels: (index, live, feature row, row width, depth channel, alpha, background, covered).
@@ -135,9 +144,7 @@ def _prepare_forward(
 ):  # fmt: skip
     m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = m < count
-    light_x, light_y, light_z = tl.load(parameters + 0), tl.load(parameters + 1), tl.load(parameters + 2)
-    ambient, diffuse, specular = tl.load(parameters + 3), tl.load(parameters + 4), tl.load(parameters + 5)
-    shininess, eps, max_opacity = tl.load(parameters + 6), tl.load(parameters + 7), tl.load(parameters + 8)
+    light_x, light_y, light_z, ambient, diffuse, specular, shininess, eps, max_opacity = _lighting(parameters)
     _store_upper(covariances, upper, m, live, 0, 0, 0)
     _store_upper(covariances, upper, m, live, 0, 1, 1)
     _store_upper(covariances, upper, m, live, 0, 2, 2)
@@ -201,9 +208,7 @@ def _prepare_backward(
 ):  # fmt: skip
     m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = m < count
-    light_x, light_y, light_z = tl.load(parameters + 0), tl.load(parameters + 1), tl.load(parameters + 2)
-    ambient, diffuse, specular = tl.load(parameters + 3), tl.load(parameters + 4), tl.load(parameters + 5)
-    shininess, eps, max_opacity = tl.load(parameters + 6), tl.load(parameters + 7), tl.load(parameters + 8)
+    light_x, light_y, light_z, ambient, diffuse, specular, shininess, eps, max_opacity = _lighting(parameters)
     zero = tl.zeros([BLOCK], dtype=grad_albedo.dtype.element_ty)
     _spread_upper(grad_upper, grad_covariances, m, live, 0, 0, 0, HAS_GRAD_UPPER)
     _spread_upper(grad_upper, grad_covariances, m, live, 0, 1, 1, HAS_GRAD_UPPER)
